@@ -1,0 +1,236 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func load(t *testing.T, b Binary, args ...string) (*Loaded, string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	l, err := Load(b, args, &out)
+	return l, out.String(), err
+}
+
+func TestDefaults(t *testing.T) {
+	l, _, err := load(t, Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := l.Config
+	checks := []struct {
+		name string
+		got  any
+		want any
+	}{
+		{"http.addr", c.HTTP.Addr, ":8080"},
+		{"http.path", c.HTTP.Path, "/webhook/ubiqo"},
+		{"http.max_body_bytes", c.HTTP.MaxBodyBytes, int64(1048576)},
+		{"http.max_batch", c.HTTP.MaxBatch, 1000},
+		{"auth.tokens", len(c.Auth.Tokens), 0},
+		{"nats.url", c.NATS.URL, ""},
+		{"nats.embedded.listen", c.NATS.Embedded.Listen, "127.0.0.1:4222"},
+		{"nats.embedded.store_dir", c.NATS.Embedded.StoreDir, "./data/nats"},
+		{"stream.name", c.Stream.Name, "COORDS"},
+		{"stream.subject_prefix", c.Stream.SubjectPrefix, "ubiqo.coords"},
+		{"stream.replicas", c.Stream.Replicas, 1},
+		{"stream.max_age", c.Stream.MaxAge, 720 * time.Hour},
+		{"stream.duplicate_window", c.Stream.DuplicateWindow, 10 * time.Minute},
+		{"ingest.default_timezone", c.Ingest.DefaultTimezone, "UTC"},
+		{"persist.driver", c.Persist.Driver, "sqlite"},
+		{"persist.dsn", c.Persist.DSN, "file:./data/coords.db"},
+		{"log.level", c.Log.Level, "info"},
+		{"log.format", c.Log.Format, "json"},
+	}
+	for _, ck := range checks {
+		if !reflect.DeepEqual(ck.got, ck.want) {
+			t.Errorf("%s = %v, want %v", ck.name, ck.got, ck.want)
+		}
+	}
+	p, _, err := load(t, Persister)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.HTTP.Addr != "" {
+		t.Errorf("persister http.addr default = %q, want empty (off)", p.HTTP.Addr)
+	}
+}
+
+// Every key in the table must reach a Config field, and every Config field
+// must have a key, so env vars and flags can never be silently ignored.
+func TestKeysMatchStruct(t *testing.T) {
+	fields := map[string]bool{}
+	var walk func(prefix string, typ reflect.Type)
+	walk = func(prefix string, typ reflect.Type) {
+		for i := 0; i < typ.NumField(); i++ {
+			f := typ.Field(i)
+			name := f.Tag.Get("mapstructure")
+			if name == "" || name == ",squash" {
+				t.Fatalf("field %s has no mapstructure tag", f.Name)
+			}
+			full := name
+			if prefix != "" {
+				full = prefix + "." + name
+			}
+			if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)) {
+				walk(full, f.Type)
+				continue
+			}
+			fields[full] = true
+		}
+	}
+	walk("", reflect.TypeOf(Config{}))
+	keys := map[string]bool{}
+	for _, k := range Keys {
+		if keys[k.Name] {
+			t.Errorf("key %s listed twice", k.Name)
+		}
+		keys[k.Name] = true
+		if !fields[k.Name] {
+			t.Errorf("key %s has no Config field", k.Name)
+		}
+	}
+	for f := range fields {
+		if !keys[f] {
+			t.Errorf("Config field %s has no key in Keys", f)
+		}
+	}
+}
+
+func TestPrecedenceFileEnvFlag(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "bridge.yaml")
+	if err := os.WriteFile(file, []byte("http:\n  addr: \":9001\"\n  max_batch: 10\nstream:\n  replicas: 3\nauth:\n  tokens: [a, b]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("UBIQO_HTTP_MAX_BATCH", "20")
+	t.Setenv("UBIQO_STREAM_MAX_AGE", "48h")
+	t.Setenv("UBIQO_AUTH_TOKENS", "x,y,z")
+	l, _, err := load(t, Bridge, "--config", file, "--stream.replicas=5", "--http.max_batch", "30")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.HTTP.Addr != ":9001" {
+		t.Errorf("file value lost: http.addr = %q", l.HTTP.Addr)
+	}
+	if l.Stream.MaxAge != 48*time.Hour {
+		t.Errorf("env value lost: stream.max_age = %v", l.Stream.MaxAge)
+	}
+	if l.HTTP.MaxBatch != 30 || l.Stream.Replicas != 5 {
+		t.Errorf("flags must win: max_batch=%d replicas=%d", l.HTTP.MaxBatch, l.Stream.Replicas)
+	}
+	if !reflect.DeepEqual(l.Auth.Tokens, []string{"x", "y", "z"}) {
+		t.Errorf("env list: auth.tokens = %q, want [x y z]", l.Auth.Tokens)
+	}
+}
+
+func TestValidationNamesKey(t *testing.T) {
+	tests := []struct {
+		name string
+		bin  Binary
+		env  map[string]string
+		args []string
+		want []string
+	}{
+		{"bad int", Bridge, map[string]string{"UBIQO_HTTP_MAX_BATCH": "lots"}, nil, []string{"http.max_batch"}},
+		{"negative body", Bridge, nil, []string{"--http.max_body_bytes=-1"}, []string{"http.max_body_bytes", "must be positive"}},
+		{"zone", Bridge, map[string]string{"UBIQO_INGEST_DEFAULT_TIMEZONE": "Mars/Olympus"}, nil, []string{"ingest.default_timezone"}},
+		{"replicas", Bridge, nil, []string{"--stream.replicas=7"}, []string{"stream.replicas", "1 to 5"}},
+		{"nats url", Bridge, map[string]string{"UBIQO_NATS_URL": "http://x:4222"}, nil, []string{"nats.url", "scheme"}},
+		{"driver", Persister, map[string]string{"UBIQO_PERSIST_DRIVER": "mysql"}, nil, []string{"persist.driver"}},
+		{"tls pair", Bridge, nil, []string{"--http.tls_cert=c.pem"}, []string{"http.tls_cert and http.tls_key"}},
+		{"subject prefix", Bridge, nil, []string{"--stream.subject_prefix=a.*"}, []string{"stream.subject_prefix"}},
+		{"two errors", Bridge, nil, []string{"--log.format=xml", "--log.level=loud"}, []string{"log.format", "log.level"}},
+		{"bad duration", Bridge, map[string]string{"UBIQO_STREAM_MAX_AGE": "forever"}, nil, []string{"stream.max_age"}},
+		{"unknown flag", Bridge, nil, []string{"--nope"}, []string{"unknown flag: --nope"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			_, _, err := load(t, tt.bin, tt.args...)
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestUnknownFileKeyRejected(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("http:\n  adr: \":1\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := load(t, Bridge, "--config", file)
+	if err == nil || !strings.Contains(err.Error(), "adr") {
+		t.Fatalf("want an error naming the misspelt key, got %v", err)
+	}
+}
+
+func TestPrintConfigMasksSecrets(t *testing.T) {
+	t.Setenv("UBIQO_AUTH_TOKENS", "tok-super-secret-1,tok-super-secret-2")
+	t.Setenv("UBIQO_NATS_PASSWORD", "nats-pass-secret")
+	t.Setenv("UBIQO_NATS_USER", "svc")
+	t.Setenv("UBIQO_AUTH_BASIC_USER", "ubiqo")
+	t.Setenv("UBIQO_AUTH_BASIC_PASSWORD", "basic-secret")
+	_, out, err := load(t, Bridge, "--print-config")
+	if !errors.Is(err, ErrShown) {
+		t.Fatalf("want ErrShown, got %v", err)
+	}
+	for _, secret := range []string{"tok-super-secret", "nats-pass-secret", "basic-secret"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("--print-config shows secret %q:\n%s", secret, out)
+		}
+	}
+	for _, want := range []string{"addr: :8080", "name: COORDS", "user: svc", "basic_user: ubiqo", "'***'"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestMaskDSN(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"postgres://app:s3cret@db:5432/coords?sslmode=disable", "postgres://app:***@db:5432/coords?sslmode=disable"},
+		{"postgres://db/coords?password=s3cret&user=app", "postgres://db/coords?password=***&user=app"},
+		{"host=db user=app password=s3cret dbname=coords", "host=db user=app password=*** dbname=coords"},
+		{"host=db password='s3 cret' dbname=coords", "host=db password=*** dbname=coords"},
+		{"file:./data/coords.db", "file:./data/coords.db"},
+	}
+	for _, tt := range tests {
+		if got := MaskDSN(tt.in); got != tt.want {
+			t.Errorf("MaskDSN(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	_, out, err := load(t, Bridge, "--help")
+	if !errors.Is(err, ErrShown) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"--config", "--http.addr", "UBIQO_HTTP_ADDR", "--stream.replicas", "bridge token"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "--persist.dsn") {
+		t.Error("bridge help shows the persister's key persist.dsn")
+	}
+	_, out, err = load(t, Persister, "--version")
+	if !errors.Is(err, ErrShown) || !strings.HasPrefix(out, "persister ") {
+		t.Fatalf("--version: %q %v", out, err)
+	}
+}

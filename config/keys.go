@@ -1,0 +1,125 @@
+package config
+
+import "time"
+
+// Binary names the program that loads the configuration. Some defaults and
+// the keys shown in --help depend on it.
+type Binary string
+
+// The binaries of ubiqo-bridge.
+const (
+	Bridge    Binary = "bridge"
+	Persister Binary = "persister"
+	Alerter   Binary = "alerter"
+	Forwarder Binary = "forwarder"
+	Simulator Binary = "simulator"
+)
+
+// subscribers are the binaries that consume COORDS.
+var subscribers = []Binary{Persister, Alerter, Forwarder}
+
+// Key describes one configuration key: its name (dotted, as in the YAML file),
+// its default, its help text, and whether its value is a secret that must be
+// masked wherever the configuration is shown.
+type Key struct {
+	Name    string
+	Default any
+	Usage   string
+	Secret  bool
+	// Only lists the binaries that use the key; nil means every binary.
+	Only []Binary
+}
+
+// EnvName is the environment variable that sets the key: UBIQO_ + the key
+// upper-cased with dots as underscores.
+func (k Key) EnvName() string { return envName(k.Name) }
+
+// usedBy reports whether binary b uses the key.
+func (k Key) usedBy(b Binary) bool {
+	if k.Only == nil {
+		return true
+	}
+	for _, o := range k.Only {
+		if o == b {
+			return true
+		}
+	}
+	return false
+}
+
+func bins(b ...Binary) []Binary { return b }
+
+// Keys lists every configuration key with its default. The Config struct and
+// this table must agree; a test checks that they do.
+var Keys = []Key{
+	// HTTP front end (bridge) or health/metrics listener (subscribers).
+	{Name: "http.addr", Default: ":8080", Usage: "listen address; for subscribers the health and metrics listener, empty = off"},
+	{Name: "http.path", Default: "/webhook/ubiqo", Usage: "ingest path, POST and GET", Only: bins(Bridge)},
+	{Name: "http.max_body_bytes", Default: int64(1 << 20), Usage: "largest accepted request body; larger answers 413", Only: bins(Bridge)},
+	{Name: "http.max_batch", Default: 1000, Usage: "most coordinates in one request; more answers 413", Only: bins(Bridge)},
+	{Name: "http.read_header_timeout", Default: 5 * time.Second, Usage: "time allowed to read request headers", Only: bins(Bridge)},
+	{Name: "http.read_timeout", Default: 30 * time.Second, Usage: "time allowed to read a whole request", Only: bins(Bridge)},
+	{Name: "http.write_timeout", Default: 30 * time.Second, Usage: "time allowed to write a response", Only: bins(Bridge)},
+	{Name: "http.idle_timeout", Default: 120 * time.Second, Usage: "keep-alive idle timeout", Only: bins(Bridge)},
+	{Name: "http.shutdown_timeout", Default: 20 * time.Second, Usage: "grace period for in-flight requests on shutdown"},
+	{Name: "http.request_timeout", Default: 10 * time.Second, Usage: "longest a request may wait for JetStream acks before 503", Only: bins(Bridge)},
+	{Name: "http.tls_cert", Default: "", Usage: "PEM certificate file; with http.tls_key serves HTTPS", Only: bins(Bridge)},
+	{Name: "http.tls_key", Default: "", Usage: "PEM private key file for http.tls_cert", Only: bins(Bridge)},
+	{Name: "http.pprof", Default: false, Usage: "serve /debug/pprof on the HTTP listener"},
+
+	// Authentication of webhook calls.
+	{Name: "auth.tokens", Default: []string{}, Usage: "accepted tokens (Authorization: Bearer, X-Ubiqo-Token or ?token=); empty = open", Secret: true, Only: bins(Bridge)},
+	{Name: "auth.basic_user", Default: "", Usage: "HTTP basic auth user accepted besides tokens", Only: bins(Bridge)},
+	{Name: "auth.basic_password", Default: "", Usage: "HTTP basic auth password", Secret: true, Only: bins(Bridge)},
+
+	// NATS connection.
+	{Name: "nats.url", Default: "", Usage: "NATS server URLs, comma-separated; empty = embedded JetStream server"},
+	{Name: "nats.user", Default: "", Usage: "user for NATS user/password auth"},
+	{Name: "nats.password", Default: "", Usage: "password for NATS user/password auth", Secret: true},
+	{Name: "nats.token", Default: "", Usage: "NATS auth token", Secret: true},
+	{Name: "nats.creds_file", Default: "", Usage: "NATS credentials (.creds) file"},
+	{Name: "nats.tls_ca", Default: "", Usage: "CA file to verify the NATS server"},
+	{Name: "nats.tls_cert", Default: "", Usage: "client certificate for NATS TLS"},
+	{Name: "nats.tls_key", Default: "", Usage: "client key for NATS TLS"},
+	{Name: "nats.name", Default: "", Usage: "connection name shown by the server (default: the binary name)"},
+	{Name: "nats.connect_timeout", Default: 5 * time.Second, Usage: "time to wait for the first connection"},
+	{Name: "nats.publish_timeout", Default: 5 * time.Second, Usage: "longest wait for a JetStream publish ack", Only: bins(Bridge)},
+	{Name: "nats.max_pending", Default: 4096, Usage: "most publishes awaiting their ack at once", Only: bins(Bridge)},
+	{Name: "nats.embedded.listen", Default: "127.0.0.1:4222", Usage: "where the embedded server listens (subscribers and the nats CLI connect here)", Only: bins(Bridge)},
+	{Name: "nats.embedded.store_dir", Default: "./data/nats", Usage: "storage directory of the embedded server", Only: bins(Bridge)},
+	{Name: "nats.embedded.max_store", Default: int64(0), Usage: "file storage limit of the embedded server in bytes; 0 = server default", Only: bins(Bridge)},
+
+	// COORDS stream.
+	{Name: "stream.name", Default: "COORDS", Usage: "coordinate stream"},
+	{Name: "stream.subject_prefix", Default: "ubiqo.coords", Usage: "subject = prefix + . + device token"},
+	{Name: "stream.replicas", Default: 1, Usage: "stream replicas; 3 in a cluster"},
+	{Name: "stream.max_age", Default: 720 * time.Hour, Usage: "retention of coordinates"},
+	{Name: "stream.max_bytes", Default: int64(-1), Usage: "stream size limit in bytes; -1 = unlimited"},
+	{Name: "stream.duplicate_window", Default: 10 * time.Minute, Usage: "dedupe window for Nats-Msg-Id"},
+	{Name: "stream.compression", Default: "s2", Usage: "stream compression: s2 or none"},
+	{Name: "stream.allow_direct", Default: true, Usage: "allow direct get (nats stream get --last-for)"},
+	{Name: "stream.manage", Default: true, Usage: "create or update the stream at start; false = only check it exists"},
+
+	// Ingest decoding.
+	{Name: "ingest.default_timezone", Default: "UTC", Usage: "zone for timestamps that carry none (IANA name)", Only: bins(Bridge)},
+	{Name: "ingest.max_future", Default: 10 * time.Minute, Usage: "fixes further in the future than this are rejected", Only: bins(Bridge)},
+	{Name: "ingest.aliases", Default: map[string][]string{}, Usage: "extra source field names per canonical field (file only), e.g. lat: [gps_lat]", Only: bins(Bridge)},
+
+	// Persister.
+	{Name: "persist.driver", Default: "sqlite", Usage: "sqlite or postgres", Only: bins(Persister)},
+	{Name: "persist.dsn", Default: "file:./data/coords.db", Usage: "database: SQLite file URI or a libpq URL", Secret: true, Only: bins(Persister)},
+
+	// Logging.
+	{Name: "log.level", Default: "info", Usage: "debug, info, warn or error"},
+	{Name: "log.format", Default: "json", Usage: "json, or console for people"},
+}
+
+// defaultsFor returns the per-binary default overrides.
+func defaultsFor(b Binary) map[string]any {
+	switch b {
+	case Bridge:
+		return nil
+	default:
+		return map[string]any{"http.addr": ""}
+	}
+}

@@ -1,0 +1,242 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+)
+
+// Version is the version printed by --version; set at build time with
+// -ldflags "-X github.com/ubiqo-bridge/ubiqo-bridge/config.Version=v1.2.3".
+var Version = "dev"
+
+// ErrShown is returned by Load when it has printed what was asked (--help,
+// --version, --print-config) and the program should exit with status 0.
+var ErrShown = errors.New("config: shown")
+
+// Loaded is the result of Load.
+type Loaded struct {
+	*Config
+	// Args are the positional arguments left after the flags.
+	Args []string
+	// File is the configuration file that was read, or empty.
+	File string
+	// settings is the effective configuration as a nested map, for Masked.
+	settings map[string]any
+}
+
+// Masked returns the effective configuration as a nested map with every
+// secret replaced, fit for logging or printing.
+func (l *Loaded) Masked() map[string]any { return maskSettings(l.settings) }
+
+// Load builds the configuration of binary b from args (without the program
+// name): a YAML file named by --config (or UBIQO_CONFIG), then UBIQO_*
+// environment variables, then flags. It validates the result and returns an
+// error naming every bad key. With --help, --version or --print-config it
+// writes to stdout and returns ErrShown.
+func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
+	v := viper.New()
+	fs := pflag.NewFlagSet(string(b), pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.SortFlags = false
+	cfgFile := fs.String("config", os.Getenv("UBIQO_CONFIG"), "YAML configuration file (env UBIQO_CONFIG)")
+	help := fs.BoolP("help", "h", false, "show this help and exit")
+	version := fs.Bool("version", false, "print the version and exit")
+	printCfg := fs.Bool("print-config", false, "print the effective configuration (secrets masked) and exit")
+
+	overrides := defaultsFor(b)
+	for _, k := range Keys {
+		def := k.Default
+		if o, ok := overrides[k.Name]; ok {
+			def = o
+		}
+		v.SetDefault(k.Name, def)
+		if err := v.BindEnv(k.Name, k.EnvName()); err != nil {
+			return nil, fmt.Errorf("config: bind %s: %w", k.Name, err)
+		}
+		if !k.usedBy(b) {
+			continue
+		}
+		if addFlag(fs, k, def) {
+			if err := v.BindPFlag(k.Name, fs.Lookup(k.Name)); err != nil {
+				return nil, fmt.Errorf("config: bind flag %s: %w", k.Name, err)
+			}
+		}
+	}
+
+	if err := fs.Parse(args); err != nil {
+		return nil, fmt.Errorf("%w (see %s --help)", err, b)
+	}
+	if *help {
+		writeUsage(stdout, b, fs)
+		return nil, ErrShown
+	}
+	if *version {
+		fmt.Fprintf(stdout, "%s %s\n", b, Version)
+		return nil, ErrShown
+	}
+
+	l := &Loaded{Args: fs.Args(), File: *cfgFile}
+	if *cfgFile != "" {
+		v.SetConfigFile(*cfgFile)
+		v.SetConfigType("yaml")
+		if err := v.ReadInConfig(); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", *cfgFile, err)
+		}
+	}
+
+	var c Config
+	if err := v.UnmarshalExact(&c); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := c.Validate(b); err != nil {
+		return nil, err
+	}
+	l.Config = &c
+	l.settings = v.AllSettings()
+	if *printCfg {
+		out, err := yaml.Marshal(l.Masked())
+		if err != nil {
+			return nil, fmt.Errorf("config: print: %w", err)
+		}
+		_, _ = stdout.Write(out)
+		return nil, ErrShown
+	}
+	return l, nil
+}
+
+// addFlag registers a flag for key k with default def; keys whose type has
+// no flag form (maps) are left to the file and report false.
+func addFlag(fs *pflag.FlagSet, k Key, def any) bool {
+	usage := k.Usage + " (env " + k.EnvName() + ")"
+	switch d := def.(type) {
+	case string:
+		shown := d
+		if k.Secret {
+			shown = ""
+		}
+		fs.String(k.Name, shown, usage)
+	case int:
+		fs.Int(k.Name, d, usage)
+	case int64:
+		fs.Int64(k.Name, d, usage)
+	case bool:
+		fs.Bool(k.Name, d, usage)
+	case time.Duration:
+		fs.Duration(k.Name, d, usage)
+	case []string:
+		fs.StringSlice(k.Name, d, usage)
+	default:
+		return false
+	}
+	return true
+}
+
+func writeUsage(w io.Writer, b Binary, fs *pflag.FlagSet) {
+	fmt.Fprintf(w, "Usage: %s [flags]%s\n\n", b, usageTail(b))
+	fmt.Fprintf(w, "Configuration comes from a YAML file (--config), then UBIQO_* environment\nvariables, then these flags. Lists are comma-separated.\n\nFlags:\n")
+	fmt.Fprint(w, fs.FlagUsagesWrapped(100))
+}
+
+func usageTail(b Binary) string {
+	switch b {
+	case Bridge:
+		return "\n       bridge token [flags] DEVICE_ID   print the subject of a device id"
+	default:
+		return ""
+	}
+}
+
+func envName(key string) string {
+	return "UBIQO_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// secretKeys are the dotted names whose values are masked.
+func secretKeys() map[string]bool {
+	m := make(map[string]bool)
+	for _, k := range Keys {
+		if k.Secret {
+			m[k.Name] = true
+		}
+	}
+	return m
+}
+
+const masked = "***"
+
+// maskSettings copies a nested settings map, masking secrets. A DSN keeps
+// everything but its password, so an operator can still see where it points.
+func maskSettings(s map[string]any) map[string]any {
+	secrets := secretKeys()
+	var walk func(prefix string, in map[string]any) map[string]any
+	walk = func(prefix string, in map[string]any) map[string]any {
+		out := make(map[string]any, len(in))
+		keys := make([]string, 0, len(in))
+		for k := range in {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			name := k
+			if prefix != "" {
+				name = prefix + "." + k
+			}
+			val := in[k]
+			if sub, ok := val.(map[string]any); ok {
+				out[k] = walk(name, sub)
+				continue
+			}
+			if secrets[name] {
+				out[k] = maskValue(name, val)
+				continue
+			}
+			out[k] = val
+		}
+		return out
+	}
+	return walk("", s)
+}
+
+func maskValue(name string, val any) any {
+	switch x := val.(type) {
+	case string:
+		if x == "" {
+			return ""
+		}
+		if strings.HasSuffix(name, "dsn") {
+			return MaskDSN(x)
+		}
+		return masked
+	case []string:
+		if len(x) == 0 {
+			return x
+		}
+		out := make([]string, len(x))
+		for i := range out {
+			out[i] = masked
+		}
+		return out
+	case []any:
+		if len(x) == 0 {
+			return x
+		}
+		out := make([]any, len(x))
+		for i := range out {
+			out[i] = masked
+		}
+		return out
+	default:
+		if val == nil {
+			return nil
+		}
+		return masked
+	}
+}
