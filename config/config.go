@@ -19,6 +19,12 @@ type Config struct {
 	Ingest  Ingest  `mapstructure:"ingest"`
 	Persist Persist `mapstructure:"persist"`
 	Log     Log     `mapstructure:"log"`
+
+	// Subscriber sections; each is defined, with its keys and checks, in a
+	// file of its own (subscribers.go, forward.go, alert.go).
+	Consumer Consumer `mapstructure:"consumer"`
+	Forward  Forward  `mapstructure:"forward"`
+	Alert    Alert    `mapstructure:"alert"`
 }
 
 // HTTP configures the HTTP listener.
@@ -103,12 +109,17 @@ func (i Ingest) Location() *time.Location {
 
 // Persist configures the persister's database.
 type Persist struct {
-	Driver string `mapstructure:"driver"`
-	DSN    string `mapstructure:"dsn"`
+	Driver            string        `mapstructure:"driver"`
+	DSN               string        `mapstructure:"dsn"`
+	MaxConns          int           `mapstructure:"max_conns"`
+	WriteTimeout      time.Duration `mapstructure:"write_timeout"`
+	BusyTimeout       time.Duration `mapstructure:"busy_timeout"`
+	SQLiteSynchronous string        `mapstructure:"sqlite_synchronous"`
 }
 
 // Log configures logging.
 type Log struct {
 	Level  string `mapstructure:"level"`
 	Format string `mapstructure:"format"`
+	Access string `mapstructure:"access"`
 }

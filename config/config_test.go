@@ -234,3 +234,28 @@ func TestHelpAndVersion(t *testing.T) {
 		t.Fatalf("--version: %q %v", out, err)
 	}
 }
+
+// The shipped example must load as it is and show every key the bridge uses.
+func TestBridgeExampleFile(t *testing.T) {
+	l, _, err := load(t, Bridge, "--config", "bridge.example.yaml")
+	if err != nil {
+		t.Fatalf("example does not load: %v", err)
+	}
+	def, _, _ := load(t, Bridge)
+	if !reflect.DeepEqual(l.Config, def.Config) {
+		t.Errorf("example values differ from the defaults:\n%+v\n%+v", l.Config, def.Config)
+	}
+	raw, err := os.ReadFile("bridge.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range Keys {
+		if !k.usedBy(Bridge) || k.Only == nil && !strings.HasPrefix(k.Name, "http.") && !strings.HasPrefix(k.Name, "nats.") && !strings.HasPrefix(k.Name, "stream.") && !strings.HasPrefix(k.Name, "log.") {
+			continue
+		}
+		leaf := k.Name[strings.LastIndex(k.Name, ".")+1:]
+		if !strings.Contains(string(raw), leaf+":") {
+			t.Errorf("example lacks key %s", k.Name)
+		}
+	}
+}

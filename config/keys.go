@@ -108,10 +108,15 @@ var Keys = []Key{
 	// Persister.
 	{Name: "persist.driver", Default: "sqlite", Usage: "sqlite or postgres", Only: bins(Persister)},
 	{Name: "persist.dsn", Default: "file:./data/coords.db", Usage: "database: SQLite file URI or a libpq URL", Secret: true, Only: bins(Persister)},
+	{Name: "persist.max_conns", Default: 4, Usage: "PostgreSQL connection pool size", Only: bins(Persister)},
+	{Name: "persist.write_timeout", Default: 20 * time.Second, Usage: "longest one batch transaction may take before it is rolled back and retried", Only: bins(Persister)},
+	{Name: "persist.busy_timeout", Default: 5 * time.Second, Usage: "SQLite: how long a write waits for a lock held by another connection", Only: bins(Persister)},
+	{Name: "persist.sqlite_synchronous", Default: "full", Usage: "SQLite synchronous pragma: full (a commit, and so an ack, survives power loss) or normal (faster)", Only: bins(Persister)},
 
 	// Logging.
 	{Name: "log.level", Default: "info", Usage: "debug, info, warn or error"},
 	{Name: "log.format", Default: "json", Usage: "json, or console for people"},
+	{Name: "log.access", Default: "all", Usage: "access log: all requests, errors (non-2xx) or none", Only: bins(Bridge)},
 }
 
 // defaultsFor returns the per-binary default overrides.

@@ -101,7 +101,7 @@ func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
 		return nil, err
 	}
 	l.Config = &c
-	l.settings = v.AllSettings()
+	l.settings = settingsFor(v, b)
 	if *printCfg {
 		out, err := yaml.Marshal(l.Masked())
 		if err != nil {
@@ -111,6 +111,29 @@ func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
 		return nil, ErrShown
 	}
 	return l, nil
+}
+
+// settingsFor returns the effective values of the keys binary b uses, as a
+// nested map like the YAML file.
+func settingsFor(v *viper.Viper, b Binary) map[string]any {
+	out := map[string]any{}
+	for _, k := range Keys {
+		if !k.usedBy(b) {
+			continue
+		}
+		parts := strings.Split(k.Name, ".")
+		m := out
+		for _, p := range parts[:len(parts)-1] {
+			sub, ok := m[p].(map[string]any)
+			if !ok {
+				sub = map[string]any{}
+				m[p] = sub
+			}
+			m = sub
+		}
+		m[parts[len(parts)-1]] = v.Get(k.Name)
+	}
+	return out
 }
 
 // addFlag registers a flag for key k with default def; keys whose type has
@@ -197,6 +220,9 @@ func maskSettings(s map[string]any) map[string]any {
 			if secrets[name] {
 				out[k] = maskValue(name, val)
 				continue
+			}
+			if d, ok := val.(time.Duration); ok {
+				val = d.String() // as written in the file, not nanoseconds
 			}
 			out[k] = val
 		}

@@ -119,6 +119,12 @@ func (c *Config) Validate(b Binary) error {
 		v.bad("log.format", c.Log.Format, "must be json or console")
 	}
 
+	switch c.Log.Access {
+	case "all", "errors", "none":
+	default:
+		v.bad("log.access", c.Log.Access, "must be all, errors or none")
+	}
+
 	for _, f := range extraValidators {
 		v.errs = append(v.errs, f(c, b)...)
 	}

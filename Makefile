@@ -1,0 +1,50 @@
+# ubiqo-bridge — developer and CI entry points. `make help` lists them.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/ubiqo-bridge/ubiqo-bridge/config.Version=$(VERSION)
+BINARIES := bridge persister alerter forwarder simulator
+# Fuzz time per target in `make test` (brief) and `make fuzz` (long).
+FUZZTIME_SHORT ?= 5s
+FUZZTIME ?= 2m
+
+.PHONY: help run build test test-unit fuzz-short fuzz bench lint tools clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+# The embedded server's default port; when something (another NATS) already
+# listens there, `make run` moves the embedded server to 4223 and says so.
+NATS_LISTEN ?= $(shell (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && echo 127.0.0.1:4223 || echo 127.0.0.1:4222)
+
+run: ## run the bridge with an embedded JetStream server (no other setup)
+	@[ "$(NATS_LISTEN)" = 127.0.0.1:4222 ] || echo "note: 127.0.0.1:4222 is taken (another NATS server?); the embedded server listens on $(NATS_LISTEN)"
+	$(GO) run ./cmd/bridge --log.format=console --nats.embedded.listen=$(NATS_LISTEN)
+
+build: ## build static binaries into bin/
+	@mkdir -p bin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(BINARIES))
+
+test: test-unit fuzz-short ## run every test (PostgreSQL ones when UBIQO_TEST_POSTGRES_DSN is set) and brief fuzzing
+
+test-unit:
+	$(GO) test -count=1 -timeout 20m ./...
+
+fuzz-short: ## run each fuzz target briefly
+	@set -e; for t in $$($(GO) test -list '^Fuzz' ./bridge/coord/ | grep '^Fuzz'); do \
+		echo "fuzz $$t ($(FUZZTIME_SHORT))"; \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME_SHORT) ./bridge/coord/; \
+	done
+
+fuzz: ## fuzz every target for FUZZTIME each
+	$(MAKE) fuzz-short FUZZTIME_SHORT=$(FUZZTIME)
+
+bench: ## run the benchmarks and load runs
+	$(GO) test -run '^$$' -bench . -benchmem ./bridge/coord/
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean: ## remove build output and local data
+	rm -rf bin data

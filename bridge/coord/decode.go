@@ -1,0 +1,847 @@
+package coord
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Errors of Decode, DecodeJSON and DecodeValues for a request that is unusable
+// as a whole. They are returned wrapped with detail; test them with errors.Is.
+// Problems of single coordinates are not errors: they are Batch.Rejected.
+var (
+	// ErrMalformed: the body cannot be parsed: invalid JSON or form encoding,
+	// a JSON value that is not an object or array, an array element that is
+	// not an object.
+	ErrMalformed = errors.New("malformed body")
+	// ErrTooManyItems: the request holds more than Options.MaxItems
+	// coordinates.
+	ErrTooManyItems = errors.New("too many coordinates")
+	// ErrUnsupportedMediaType: the content type is neither JSON nor
+	// application/x-www-form-urlencoded.
+	ErrUnsupportedMediaType = errors.New("unsupported media type")
+	// ErrEmpty: the request holds no item at all: an empty array or wrapper
+	// array, or an empty body and no query parameters.
+	ErrEmpty = errors.New("no coordinate in request")
+)
+
+// DefaultMaxFuture is how far ahead of the receive time a fix time may be
+// when Options.MaxFuture is zero.
+const DefaultMaxFuture = 10 * time.Minute
+
+// Options configures a Decoder. The zero value is usable: zone-less times in
+// UTC, only the built-in field names, no item limit, fix times up to 10
+// minutes ahead, and the query or form key "token" dropped.
+type Options struct {
+	// Location is the zone of timestamps written without one
+	// (ingest.default_timezone); nil means UTC.
+	Location *time.Location
+	// Aliases adds source field names per canonical field. Keys are
+	// "device_id", "lat", "lon", "ts", "speed_kmh", "heading_deg", "alt_m",
+	// "accuracy_m", "battery_pct", "event"; any other key makes NewDecoder
+	// fail. Names are matched like the built-in ones (case-insensitive, '_'
+	// and '-' ignored) and take priority over them, first listed first. A
+	// configured name may take over a built-in name of another field; naming
+	// one for two fields, or a reserved name (coords, location, position,
+	// speed_unit, unidad_velocidad), is an error. Speeds under a configured
+	// name are km/h unless a speed unit field says otherwise.
+	Aliases map[string][]string
+	// MaxItems, when > 0, is the most coordinates one request may hold;
+	// more gives ErrTooManyItems, found before any item is decoded.
+	// Negative is an error.
+	MaxItems int
+	// MaxFuture is how far a fix time may be ahead of the receive time; a
+	// later one rejects the coordinate. 0 means DefaultMaxFuture; negative
+	// is an error.
+	MaxFuture time.Duration
+	// IgnoreKeys are form and query keys dropped before decoding, so they
+	// reach neither attrs nor raw (a secret passed as ?token=). They are
+	// matched like field names. nil means {"token"}; an empty non-nil slice
+	// drops nothing. JSON bodies are not filtered.
+	IgnoreKeys []string
+}
+
+// Decoder turns webhook requests into canonical coordinates (DESIGN.md,
+// "Ingest contract"). Make one with NewDecoder; it is immutable and safe for
+// concurrent use.
+type Decoder struct {
+	loc       *time.Location
+	maxItems  int
+	maxFuture time.Duration
+	roles     map[string]role
+	ignore    map[string]bool
+}
+
+// NewDecoder returns a Decoder for o, or an error naming the bad option: an
+// unknown Aliases key, an empty, reserved or doubly configured alias, a
+// negative MaxItems or MaxFuture.
+func NewDecoder(o Options) (*Decoder, error) {
+	if o.MaxItems < 0 {
+		return nil, fmt.Errorf("max items %d is negative", o.MaxItems)
+	}
+	if o.MaxFuture < 0 {
+		return nil, fmt.Errorf("max future %s is negative", o.MaxFuture)
+	}
+	roles, err := buildRoles(o.Aliases)
+	if err != nil {
+		return nil, err
+	}
+	d := &Decoder{loc: o.Location, maxItems: o.MaxItems, maxFuture: o.MaxFuture, roles: roles}
+	if d.loc == nil {
+		d.loc = time.UTC
+	}
+	if d.maxFuture == 0 {
+		d.maxFuture = DefaultMaxFuture
+	}
+	keys := o.IgnoreKeys
+	if keys == nil {
+		keys = []string{"token"}
+	}
+	d.ignore = make(map[string]bool, len(keys))
+	for _, k := range keys {
+		d.ignore[normalize(k)] = true
+	}
+	return d, nil
+}
+
+// Batch is the result of decoding one request.
+type Batch struct {
+	// Coords are the valid coordinates, in request order.
+	Coords []Coord
+	// Rejected are the invalid items, in request order; nil when none.
+	Rejected []Rejection
+}
+
+// Rejection says why one item of a request was not accepted.
+type Rejection struct {
+	// Index is the position of the item in the request: its index in the
+	// JSON array (or wrapper array), 0 for a single object or form.
+	Index int `json:"index"`
+	// Error is a message for the sender, e.g. `lat 91 out of range [-90, 90]`,
+	// naming the source field as written. Values are quoted and cut to 64
+	// bytes. Several problems are joined with "; ".
+	Error string `json:"error"`
+}
+
+// Decode decodes one webhook request. The shape comes from the media type of
+// contentType (parameters such as charset are ignored):
+//
+//   - an empty body (or only white space): the query parameters are the
+//     item, as for GET; see DecodeValues;
+//   - application/json, text/json and any */*+json, or no content type and a
+//     body starting with { or [: see DecodeJSON;
+//   - application/x-www-form-urlencoded: the body is parsed as form values
+//     (ErrMalformed when it cannot be) and decoded by DecodeValues; query
+//     parameters are then not used;
+//   - anything else, multipart/form-data included: ErrUnsupportedMediaType.
+//
+// now is the receive time: it becomes ReceivedAt of every coordinate and the
+// ts of those without a time. An error means the request is unusable as a
+// whole (ErrMalformed, ErrTooManyItems, ErrUnsupportedMediaType, ErrEmpty);
+// a batch in which every item was rejected is not an error.
+func (d *Decoder) Decode(contentType string, body []byte, query url.Values, now time.Time) (*Batch, error) {
+	first, ok := firstByte(body)
+	if !ok {
+		return d.DecodeValues(query, now)
+	}
+	mt := contentType
+	if i := strings.IndexByte(mt, ';'); i >= 0 {
+		mt = mt[:i]
+	}
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	switch {
+	case mt == "":
+		if first == '{' || first == '[' {
+			return d.DecodeJSON(body, now)
+		}
+		return nil, fmt.Errorf("%w: no content type, and the body is not JSON", ErrUnsupportedMediaType)
+	case mt == "application/json" || mt == "text/json" ||
+		strings.HasSuffix(mt, "+json") && strings.IndexByte(mt, '/') > 0:
+		return d.DecodeJSON(body, now)
+	case mt == "application/x-www-form-urlencoded":
+		v, err := url.ParseQuery(string(body))
+		if err != nil {
+			return nil, fmt.Errorf("%w: form: %v", ErrMalformed, err)
+		}
+		return d.DecodeValues(v, now)
+	case mt == "multipart/form-data":
+		return nil, fmt.Errorf("%w: multipart/form-data is not supported; send JSON or application/x-www-form-urlencoded", ErrUnsupportedMediaType)
+	}
+	return nil, fmt.Errorf("%w: %s", ErrUnsupportedMediaType, quoteShort(mt))
+}
+
+const bom = "\xEF\xBB\xBF"
+
+// firstByte returns the first byte of body after a UTF-8 byte order mark and
+// white space; false when there is none.
+func firstByte(body []byte) (byte, bool) {
+	i := 0
+	if len(body) >= len(bom) && string(body[:len(bom)]) == bom {
+		i = len(bom)
+	}
+	for ; i < len(body); i++ {
+		if !isSpace(body[i]) {
+			return body[i], true
+		}
+	}
+	return 0, false
+}
+
+// DecodeJSON decodes a JSON body: one object (one item), an array of objects,
+// or a wrapper object whose key "coordinates", "data", "items" or "points"
+// (in that priority, matched like field names) holds an array of objects and
+// that has no lat, lon or location field of its own — so a GeoJSON
+// "coordinates": [lon, lat] or an item carrying a "data" list stays one
+// item. The other keys of a wrapper are ignored. A UTF-8 byte order mark is
+// skipped.
+//
+// Errors: ErrEmpty for an empty body or an empty (wrapper) array,
+// ErrTooManyItems when there are more than Options.MaxItems items (counted
+// before anything is decoded), ErrMalformed for invalid JSON, a value that is
+// not an object or array, or an array element that is not an object.
+func (d *Decoder) DecodeJSON(body []byte, now time.Time) (*Batch, error) {
+	s := string(body) // the one copy every decoded string points into
+	s = strings.TrimPrefix(s, bom)
+	s = strings.Trim(s, " \t\r\n")
+	if s == "" {
+		return nil, fmt.Errorf("%w: empty body", ErrEmpty)
+	}
+	var (
+		items []string // each item as written
+		top   []member // members of the single top-level item, when not a batch
+	)
+	switch s[0] {
+	case '[':
+		e, ok := appendElements(s, d.maxItems)
+		if ok && e.tooMany {
+			return nil, d.errTooMany()
+		}
+		if !validJSON(s) {
+			return nil, fmt.Errorf("%w: %s", ErrMalformed, syntaxDetail(s))
+		}
+		if e.nonObject >= 0 {
+			return nil, fmt.Errorf("%w: array element %d is %s, want an object", ErrMalformed, e.nonObject, kindOf(e.items[e.nonObject][0]).noun())
+		}
+		items = e.items
+	case '{':
+		ms, ok := appendMembers(make([]member, 0, 16), s)
+		var e elements
+		wrapped := false
+		if ok {
+			e, wrapped = d.wrapper(ms)
+			if wrapped && e.tooMany {
+				return nil, d.errTooMany()
+			}
+		}
+		if !validJSON(s) {
+			return nil, fmt.Errorf("%w: %s", ErrMalformed, syntaxDetail(s))
+		}
+		if wrapped {
+			items = e.items
+		} else {
+			items, top = []string{s}, ms
+		}
+	default:
+		if !validJSON(s) {
+			return nil, fmt.Errorf("%w: %s", ErrMalformed, syntaxDetail(s))
+		}
+		return nil, fmt.Errorf("%w: body is %s, want an object or an array of objects", ErrMalformed, kindOf(s[0]).noun())
+	}
+	if len(items) == 0 {
+		return nil, fmt.Errorf("%w: empty array", ErrEmpty)
+	}
+
+	st := newItemState(d, now, len(items))
+	size := 0
+	for _, it := range items {
+		size += len(it)
+	}
+	st.arena = make([]byte, 0, size)
+	b := &Batch{Coords: make([]Coord, 0, len(items))}
+	for i, it := range items {
+		ms := top
+		if ms == nil {
+			st.members, _ = appendMembers(st.members[:0], it)
+			ms = st.members
+		}
+		b.Coords = append(b.Coords, Coord{})
+		c := &b.Coords[len(b.Coords)-1]
+		if why := st.item(ms, c); why != "" {
+			b.Coords = b.Coords[:len(b.Coords)-1]
+			b.Rejected = append(b.Rejected, Rejection{Index: i, Error: why})
+			continue
+		}
+		start := len(st.arena)
+		st.arena = appendCompact(st.arena, it)
+		c.Raw = st.arena[start:len(st.arena):len(st.arena)]
+	}
+	return b, nil
+}
+
+func (d *Decoder) errTooMany() error {
+	return fmt.Errorf("%w: more than %d in one request", ErrTooManyItems, d.maxItems)
+}
+
+// wrapper finds the array of a wrapper object (see DecodeJSON).
+func (d *Decoder) wrapper(ms []member) (elements, bool) {
+	for i := range ms {
+		r, ok := d.lookup(ms[i].key)
+		if ok && (r.kind == roleField && (r.field == fLat || r.field == fLon) ||
+			r.kind == roleContainer && r.slot == slotLocation) {
+			return elements{}, false
+		}
+	}
+	best, found := len(wrapperNames), elements{}
+	for i := range ms {
+		rank := wrapperRank(ms[i].key)
+		if rank < 0 || rank >= best || ms[i].kind != kindArray {
+			continue
+		}
+		if e, ok := appendElements(ms[i].raw, d.maxItems); ok && e.nonObject < 0 {
+			best, found = rank, e
+		}
+	}
+	return found, best < len(wrapperNames)
+}
+
+// DecodeValues decodes form or query values as one item. Keys in
+// Options.IgnoreKeys are dropped first; ErrEmpty when nothing is left. A
+// repeated key counts by its first value (as url.Values.Get); the first of
+// two keys equal after normalization, in sorted order, wins. Raw is a JSON
+// object of the values with sorted keys: a string per key, or an array of
+// strings for a repeated key.
+func (d *Decoder) DecodeValues(v url.Values, now time.Time) (*Batch, error) {
+	keys := make([]string, 0, len(v))
+	for k, vals := range v {
+		if len(vals) > 0 && !d.ignored(k) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%w: empty body and no query parameters", ErrEmpty)
+	}
+	slices.Sort(keys)
+	ms := make([]member, len(keys))
+	size := 2
+	for i, k := range keys {
+		vals := v[k]
+		ms[i] = member{key: k, raw: vals[0], kind: kindString, form: true}
+		if len(vals) > 1 {
+			ms[i].list = vals
+		}
+		size += len(k) + 4
+		for _, x := range vals {
+			size += len(x) + 3
+		}
+	}
+	st := newItemState(d, now, 1)
+	b := &Batch{Coords: make([]Coord, 1)}
+	c := &b.Coords[0]
+	if why := st.item(ms, c); why != "" {
+		return &Batch{Rejected: []Rejection{{Index: 0, Error: why}}}, nil
+	}
+	c.Raw = formRaw(make([]byte, 0, size), ms)
+	return b, nil
+}
+
+// formRaw appends the JSON object of form members (sorted by key).
+func formRaw(dst []byte, ms []member) json.RawMessage {
+	dst = append(dst, '{')
+	for i := range ms {
+		m := &ms[i]
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, m.key)
+		dst = append(dst, ':')
+		if m.list == nil {
+			dst = appendString(dst, m.raw)
+			continue
+		}
+		dst = append(dst, '[')
+		for j, x := range m.list {
+			if j > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, x)
+		}
+		dst = append(dst, ']')
+	}
+	return append(dst, '}')
+}
+
+// itemState is the scratch space of one Decode call.
+type itemState struct {
+	d       *Decoder
+	now     time.Time
+	members []member  // members of the current item
+	nested  []member  // members of its nested objects
+	floats  []float64 // backing store of the optional measurements
+	chunk   int       // size of the next floats block
+	arena   []byte    // backing store of Raw
+}
+
+func newItemState(d *Decoder, now time.Time, items int) *itemState {
+	return &itemState{d: d, now: now.UTC(), chunk: min(5*items, 512)}
+}
+
+// float returns a pointer to a copy of v. The copies live in blocks shared by
+// the batch, one allocation per block instead of one per value.
+func (st *itemState) float(v float64) *float64 {
+	if len(st.floats) == cap(st.floats) {
+		st.floats = make([]float64, 0, st.chunk)
+	}
+	st.floats = append(st.floats, v)
+	return &st.floats[len(st.floats)-1]
+}
+
+// pick is the source member chosen for a canonical field.
+type pick struct {
+	m      *member
+	parent *member // the nested object holding m, nil at the top level
+	rank   int
+	unit   speedUnit
+}
+
+// name is the source field as written, for messages: "Latitude",
+// "position.lat".
+func (p *pick) name() string {
+	if p.parent != nil {
+		return shorten(p.parent.key + "." + p.m.key)
+	}
+	return shorten(p.m.key)
+}
+
+// item maps the members of one item into c. It returns why the item is
+// rejected, or "" when c is complete (but for Raw, set by the caller).
+func (st *itemState) item(top []member, c *Coord) string {
+	d := st.d
+	var (
+		picks  [numCanon]pick
+		conts  [numSlots]*member // nested objects
+		units  [numSlots]*member // speed unit fields inside them
+		locStr *member           // "location": "lat,lon"
+		unit   *member           // top-level speed unit field
+	)
+	for i := range top {
+		m := &top[i]
+		r, ok := d.lookup(m.key)
+		if !ok || !m.present() {
+			continue
+		}
+		switch r.kind {
+		case roleField:
+			if p := &picks[r.field]; p.m == nil || r.rank < p.rank {
+				*p = pick{m: m, rank: r.rank, unit: r.unit}
+			}
+		case roleContainer:
+			switch {
+			case m.kind == kindObject && conts[r.slot] == nil:
+				conts[r.slot] = m
+			case m.kind == kindString && r.slot == slotLocation && locStr == nil:
+				locStr = m
+			}
+		case roleUnit:
+			if unit == nil {
+				unit = m
+			}
+		}
+	}
+	// "location": "lat,lon" stands for both when neither is at the top level.
+	usePair := locStr != nil && picks[fLat].m == nil && picks[fLon].m == nil
+	var atTop [numCanon]bool
+	for f := range picks {
+		atTop[f] = picks[f].m != nil
+	}
+	atTop[fLat] = atTop[fLat] || usePair
+	atTop[fLon] = atTop[fLon] || usePair
+
+	// Nested objects fill what the top level lacks, the first one holding a
+	// field winning. All are parsed before any pointer into st.nested is
+	// taken, since appending may move it.
+	var spans [numSlots][2]int
+	if conts != [numSlots]*member{} {
+		st.nested = st.nested[:0]
+		for slot, m := range conts {
+			if m != nil {
+				start := len(st.nested)
+				st.nested, _ = appendMembers(st.nested, m.raw)
+				spans[slot] = [2]int{start, len(st.nested)}
+			}
+		}
+		for slot, cm := range conts {
+			if cm == nil {
+				continue
+			}
+			ns := st.nested[spans[slot][0]:spans[slot][1]]
+			for j := range ns {
+				n := &ns[j]
+				r, ok := d.lookup(n.key)
+				if !ok || !n.present() {
+					continue
+				}
+				switch r.kind {
+				case roleField:
+					p := &picks[r.field]
+					if !atTop[r.field] && (p.m == nil || p.parent == cm && r.rank < p.rank) {
+						*p = pick{m: n, parent: cm, rank: r.rank, unit: r.unit}
+					}
+				case roleUnit:
+					if units[slot] == nil {
+						units[slot] = n
+					}
+				}
+			}
+		}
+	}
+
+	// Required fields: every problem is reported.
+	var probs []string
+	if p := &picks[fDevice]; p.m == nil {
+		probs = append(probs, "device_id missing")
+	} else if id, why := deviceID(p); why != "" {
+		probs = append(probs, why)
+	} else {
+		c.DeviceID = id
+		p.m.used = true
+	}
+	if usePair {
+		lat, lon, why := pairOf(locStr)
+		if why != "" {
+			probs = append(probs, why)
+		} else {
+			c.Lat, c.Lon = lat, lon
+			locStr.used = true
+		}
+	} else {
+		for _, f := range [2]canon{fLat, fLon} {
+			p := &picks[f]
+			if p.m == nil {
+				probs = append(probs, canonNames[f]+" missing")
+				continue
+			}
+			lim := 90.0
+			if f == fLon {
+				lim = 180
+			}
+			v, why := requiredNumber(p.m, p.name(), lim)
+			if why != "" {
+				probs = append(probs, why)
+				continue
+			}
+			if f == fLat {
+				c.Lat = v
+			} else {
+				c.Lon = v
+			}
+			p.m.used = true
+		}
+	}
+	if p := &picks[fTS]; p.m == nil {
+		c.TS, c.TSMissing = st.now, true
+	} else if t, why := st.timeOf(p); why != "" {
+		probs = append(probs, why)
+	} else {
+		c.TS = t
+		p.m.used = true
+	}
+	if len(probs) > 0 {
+		return strings.Join(probs, "; ")
+	}
+
+	// Optional fields: an unusable value is left in attrs.
+	if p := &picks[fAlt]; p.m != nil {
+		if v, ok := optNumber(p.m); ok {
+			c.AltM = st.float(v)
+			p.m.used = true
+		}
+	}
+	if p := &picks[fSpeed]; p.m != nil {
+		if v, ok := optNumber(p.m); ok && v >= 0 {
+			u, um := p.unit, (*member)(nil)
+			if u == unitFromField {
+				u, um = unitKmh, unit
+				for slot, cm := range conts {
+					if cm != nil && cm == p.parent && units[slot] != nil {
+						um = units[slot]
+					}
+				}
+				if um != nil {
+					u, ok = unitOf(um)
+				}
+			}
+			if v = toKmh(v, u); ok && finite(v) {
+				c.SpeedKmh = st.float(v)
+				p.m.used = true
+				if um != nil {
+					um.used = true
+				}
+			}
+		}
+	}
+	if p := &picks[fHeading]; p.m != nil {
+		if v, ok := optNumber(p.m); ok && v >= 0 && v <= 360 {
+			c.HeadingDeg = st.float(v)
+			p.m.used = true
+		}
+	}
+	if p := &picks[fAccuracy]; p.m != nil {
+		if v, ok := optNumber(p.m); ok && v >= 0 {
+			c.AccuracyM = st.float(v)
+			p.m.used = true
+		}
+	}
+	if p := &picks[fBattery]; p.m != nil {
+		if v, ok := percentOf(p.m); ok {
+			c.BatteryPct = st.float(v)
+			p.m.used = true
+		}
+	}
+	if p := &picks[fEvent]; p.m != nil {
+		switch p.m.kind {
+		case kindString:
+			c.Event = validUTF8(strings.TrimSpace(p.m.str()))
+			p.m.used = true
+		case kindNumber:
+			c.Event = p.m.raw
+			p.m.used = true
+		}
+	}
+
+	c.V = Version
+	c.ReceivedAt = st.now
+	c.Attrs = st.attrs(top, &conts, &spans)
+	return ""
+}
+
+// attrs collects the members of an item that were not mapped. A nested
+// object some of whose fields were mapped keeps only its other fields (and is
+// left out when none remain). A key repeated in the item counts once: the
+// first occurrence, and none when one occurrence was mapped.
+func (st *itemState) attrs(top []member, conts *[numSlots]*member, spans *[numSlots][2]int) map[string]any {
+	var out map[string]any
+	for i := range top {
+		m := &top[i]
+		if m.used || usedKey(top, m.key) {
+			continue
+		}
+		var v any
+		slot := slices.Index(conts[:], m)
+		if slot < 0 {
+			v = m.value()
+		} else {
+			ns := st.nested[spans[slot][0]:spans[slot][1]]
+			if !slices.ContainsFunc(ns, func(n member) bool { return n.used }) {
+				v = m.value()
+			} else {
+				var rest map[string]any
+				for j := range ns {
+					n := &ns[j]
+					if n.used || usedKey(ns, n.key) {
+						continue
+					}
+					if rest == nil {
+						rest = make(map[string]any, len(ns)-j)
+					}
+					if k := validUTF8(n.key); !hasKey(rest, k) {
+						rest[k] = n.value()
+					}
+				}
+				if rest == nil {
+					continue
+				}
+				v = rest
+			}
+		}
+		if out == nil {
+			out = make(map[string]any, len(top)-i)
+		}
+		if k := validUTF8(m.key); !hasKey(out, k) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func hasKey(m map[string]any, k string) bool {
+	_, ok := m[k]
+	return ok
+}
+
+// usedKey reports whether a member with exactly this key was mapped.
+func usedKey(ms []member, key string) bool {
+	for i := range ms {
+		if ms[i].used && ms[i].key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// str returns the text of a string member: unquoted for JSON.
+func (m *member) str() string {
+	if m.form {
+		return m.raw
+	}
+	return unquote(m.raw)
+}
+
+// present reports whether m holds a value: not null, not a blank string.
+// Absent members do not count for their field (the next alias is used) and
+// stay in attrs.
+func (m *member) present() bool {
+	switch m.kind {
+	case kindNull:
+		return false
+	case kindString:
+		return strings.TrimSpace(m.str()) != ""
+	}
+	return true
+}
+
+// value returns m as an attrs value.
+func (m *member) value() any {
+	if !m.form {
+		return toAny(m.raw)
+	}
+	if m.list == nil {
+		return validUTF8(m.raw)
+	}
+	a := make([]any, len(m.list))
+	for i, x := range m.list {
+		a[i] = validUTF8(x)
+	}
+	return a
+}
+
+// describe writes m's value for a message: numbers as written, strings
+// quoted, both cut to 64 bytes; objects and arrays by kind.
+func (m *member) describe() string {
+	switch m.kind {
+	case kindString:
+		return quoteShort(m.str())
+	case kindNumber, kindBool:
+		return shorten(m.raw)
+	}
+	return m.kind.noun()
+}
+
+// numberText returns the decimal text of m — a JSON number, or a string
+// holding a decimal number with spaces around allowed — or why m is not a
+// number ("" when it is).
+func numberText(m *member) (text, why string) {
+	switch m.kind {
+	case kindNumber:
+		return m.raw, ""
+	case kindString:
+		t := strings.TrimSpace(m.str())
+		if isDecimal(t) {
+			return t, ""
+		}
+		return "", m.describe() + " is not a number"
+	}
+	return "", "must be a number, got " + m.kind.noun()
+}
+
+// requiredNumber reads lat or lon: a finite number in [-lim, lim].
+func requiredNumber(m *member, name string, lim float64) (float64, string) {
+	text, why := numberText(m)
+	if why != "" {
+		return 0, name + " " + why
+	}
+	v, err := parseFloat(text)
+	if err != nil || !(v >= -lim && v <= lim) {
+		return 0, fmt.Sprintf("%s %s out of range [%g, %g]", name, m.describe(), -lim, lim)
+	}
+	return v, ""
+}
+
+// optNumber reads an optional measurement: a finite number, or false.
+func optNumber(m *member) (float64, bool) {
+	text, why := numberText(m)
+	if why != "" {
+		return 0, false
+	}
+	v, err := parseFloat(text)
+	return v, err == nil && finite(v)
+}
+
+// pairOf reads "location": "lat,lon".
+func pairOf(m *member) (lat, lon float64, why string) {
+	s := m.str()
+	a, b, ok := strings.Cut(s, ",")
+	a, b = strings.TrimSpace(a), strings.TrimSpace(b)
+	if !ok || !isDecimal(a) || !isDecimal(b) {
+		return 0, 0, fmt.Sprintf("%s %s is not \"lat,lon\"", shorten(m.key), quoteShort(s))
+	}
+	lat, errLat := parseFloat(a)
+	lon, errLon := parseFloat(b)
+	var probs []string
+	if errLat != nil || !(lat >= -90 && lat <= 90) {
+		probs = append(probs, fmt.Sprintf("%s lat %s out of range [-90, 90]", shorten(m.key), shorten(a)))
+	}
+	if errLon != nil || !(lon >= -180 && lon <= 180) {
+		probs = append(probs, fmt.Sprintf("%s lon %s out of range [-180, 180]", shorten(m.key), shorten(b)))
+	}
+	return lat, lon, strings.Join(probs, "; ")
+}
+
+// deviceID reads the device id: a string (trimmed) or a number, kept exactly
+// as written (an IMEI 356938035643809 stays those digits).
+func deviceID(p *pick) (string, string) {
+	m := p.m
+	var id string
+	switch m.kind {
+	case kindString:
+		id = strings.TrimSpace(m.str())
+	case kindNumber:
+		id = m.raw
+	default:
+		return "", p.name() + " must be a string or a number, got " + m.kind.noun()
+	}
+	if len(id) > MaxIDLen {
+		return "", fmt.Sprintf("%s %s is longer than %d bytes", p.name(), quoteShort(id), MaxIDLen)
+	}
+	if !utf8.ValidString(id) {
+		return "", p.name() + " is not valid UTF-8"
+	}
+	return id, ""
+}
+
+// timeOf reads the fix time: Unix seconds or milliseconds (a number or a
+// numeric string), or a textual form (parseTime); not after now + MaxFuture.
+func (st *itemState) timeOf(p *pick) (time.Time, string) {
+	m := p.m
+	var (
+		t  time.Time
+		ok bool
+	)
+	switch m.kind {
+	case kindNumber:
+		t, ok = epoch(m.raw)
+	case kindString:
+		if s := strings.TrimSpace(m.str()); isDecimal(s) {
+			t, ok = epoch(s)
+		} else {
+			t, ok = parseTime(s, st.d.loc)
+		}
+	default:
+		return t, p.name() + " must be a string or a number, got " + m.kind.noun()
+	}
+	if !ok {
+		return t, p.name() + " " + m.describe() + " is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM:SS, DD/MM/YYYY HH:MM:SS, or Unix seconds or milliseconds)"
+	}
+	t = t.UTC()
+	if ahead := t.Sub(st.now); ahead > st.d.maxFuture {
+		return t, fmt.Sprintf("%s %s is %s ahead of the receive time (max %s)", p.name(), m.describe(), ahead, st.d.maxFuture)
+	}
+	if y := t.Year(); y < 0 || y > 9999 {
+		return t, fmt.Sprintf("%s %s is out of range (years 0 to 9999)", p.name(), m.describe())
+	}
+	return t, ""
+}

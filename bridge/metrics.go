@@ -1,0 +1,67 @@
+package bridge
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the bridge's Prometheus collectors, registered on a registry
+// of their own so several servers can live in one process (tests).
+type metrics struct {
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	inFlight    prometheus.Gauge
+	coords      *prometheus.CounterVec
+	publish     prometheus.Histogram
+	natsUp      prometheus.Gauge
+	streamReady prometheus.Gauge
+
+	accepted, duplicate, rejected prometheus.Counter
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ubiqo_bridge_http_requests_total",
+			Help: "HTTP requests by route, method and status code.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ubiqo_bridge_http_request_duration_seconds",
+			Help:    "Time from request start to response, by route.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ubiqo_bridge_http_requests_in_flight",
+			Help: "Requests being served now.",
+		}),
+		coords: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ubiqo_bridge_coordinates_total",
+			Help: "Coordinates received, by result: accepted (newly stored), duplicate (already stored), rejected (invalid).",
+		}, []string{"result"}),
+		publish: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ubiqo_bridge_publish_duration_seconds",
+			Help:    "Time to publish one request's coordinates and receive every JetStream ack.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5},
+		}),
+		natsUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ubiqo_bridge_nats_connected",
+			Help: "1 while the bridge is connected to NATS.",
+		}),
+		streamReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ubiqo_bridge_stream_ready",
+			Help: "1 while the coordinate stream exists and was reachable at the last check.",
+		}),
+	}
+	m.accepted = m.coords.WithLabelValues("accepted")
+	m.duplicate = m.coords.WithLabelValues("duplicate")
+	m.rejected = m.coords.WithLabelValues("rejected")
+	reg.MustRegister(m.requests, m.duration, m.inFlight, m.coords, m.publish, m.natsUp, m.streamReady)
+	return m
+}
+
+// NewRegistry returns a registry with the Go runtime and process collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}

@@ -1,0 +1,301 @@
+// Package bridge is the HTTP front end of ubiqo-bridge: the Echo server that
+// takes UBIQO webhooks, decodes every coordinate, publishes it to JetStream and
+// answers only once JetStream has stored it; with auth, limits, health,
+// readiness and Prometheus metrics.
+package bridge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
+)
+
+// Options configures the server. The zero value of a duration means its
+// default.
+type Options struct {
+	Addr              string // listen address, e.g. ":8080"
+	Path              string // ingest path, POST and GET
+	MaxBodyBytes      int64
+	MaxBatch          int
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	ShutdownTimeout   time.Duration
+	RequestTimeout    time.Duration // longest wait for JetStream acks
+	TLSCert, TLSKey   string
+	Pprof             bool
+
+	Tokens        []string
+	BasicUser     string
+	BasicPassword string
+
+	// AccessLog is "all" (every request), "errors" (non-2xx) or "none".
+	AccessLog string
+
+	// Decode configures the decoder; its MaxItems is always MaxBatch.
+	Decode coord.Options
+
+	Stream       stream.CoordsConfig
+	ManageStream bool // create/update the stream; false = only check it exists
+}
+
+// Deps are the server's collaborators.
+type Deps struct {
+	Log      zerolog.Logger
+	Conn     *nats.Conn
+	JS       jetstream.JetStream
+	Registry *prometheus.Registry // nil = a new one
+}
+
+// Server is the bridge's HTTP server. Create it with New, then Run.
+type Server struct {
+	opts    Options
+	log     zerolog.Logger
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	dec     *coord.Decoder
+	pub     *Publisher
+	reg     *prometheus.Registry
+	metrics *metrics
+	auth    *authenticator
+	echo    *echo.Echo
+
+	streamOK atomic.Bool
+	draining atomic.Bool
+	addr     atomic.Value // net.Addr once listening
+}
+
+// New builds the server and its routes; it does not listen yet.
+func New(opts Options, deps Deps) (*Server, error) {
+	if deps.JS == nil || deps.Conn == nil {
+		return nil, errors.New("bridge: a NATS connection and JetStream context are required")
+	}
+	setDefaults(&opts)
+	opts.Decode.MaxItems = opts.MaxBatch
+	dec, err := coord.NewDecoder(opts.Decode)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	reg := deps.Registry
+	if reg == nil {
+		reg = NewRegistry()
+	}
+	s := &Server{
+		opts:    opts,
+		log:     deps.Log,
+		nc:      deps.Conn,
+		js:      deps.JS,
+		dec:     dec,
+		pub:     NewPublisher(deps.JS, opts.Stream.Name, opts.Stream.SubjectPrefix),
+		reg:     reg,
+		metrics: newMetrics(reg),
+		auth:    newAuthenticator(opts.Tokens, opts.BasicUser, opts.BasicPassword),
+	}
+	s.echo = s.routes()
+	return s, nil
+}
+
+func setDefaults(o *Options) {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.ReadHeaderTimeout, 5*time.Second)
+	def(&o.ReadTimeout, 30*time.Second)
+	def(&o.WriteTimeout, 30*time.Second)
+	def(&o.IdleTimeout, 120*time.Second)
+	def(&o.ShutdownTimeout, 20*time.Second)
+	def(&o.RequestTimeout, 10*time.Second)
+	if o.MaxBodyBytes <= 0 {
+		o.MaxBodyBytes = 1 << 20
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 1000
+	}
+	if o.Path == "" {
+		o.Path = "/webhook/ubiqo"
+	}
+	if o.AccessLog == "" {
+		o.AccessLog = "all"
+	}
+}
+
+// Handler returns the server's HTTP handler (for tests with httptest).
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Addr returns the address the server listens on once Run has started
+// listening, or nil.
+func (s *Server) Addr() net.Addr {
+	a, _ := s.addr.Load().(net.Addr)
+	return a
+}
+
+// EnsureStream creates or updates the coordinate stream (or, when the server
+// does not manage it, checks that it exists).
+func (s *Server) EnsureStream(ctx context.Context) error {
+	var err error
+	if s.opts.ManageStream {
+		_, err = stream.Ensure(ctx, s.js, s.opts.Stream.StreamConfig())
+	} else {
+		_, err = s.js.Stream(ctx, s.opts.Stream.Name)
+		if err != nil {
+			err = fmt.Errorf("stream %s: %w (stream.manage is false: create it first)", s.opts.Stream.Name, err)
+		}
+	}
+	s.streamOK.Store(err == nil)
+	return err
+}
+
+// Run listens and serves until ctx ends, then shuts down gracefully: stop
+// accepting, let in-flight requests finish (they hold their acks) within
+// the shutdown timeout. The caller drains the NATS connection afterwards.
+// A topology watcher keeps readiness current and recreates the stream if it
+// disappears.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (http.addr): %w", s.opts.Addr, err)
+	}
+	s.addr.Store(ln.Addr())
+	hs := &http.Server{
+		Handler:           s.echo,
+		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
+		ReadTimeout:       s.opts.ReadTimeout,
+		WriteTimeout:      s.opts.WriteTimeout,
+		IdleTimeout:       s.opts.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          nil,
+	}
+	if s.opts.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(s.opts.TLSCert, s.opts.TLSKey)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("http.tls_cert/http.tls_key: %w", err)
+		}
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, hs.TLSConfig)
+	}
+
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		s.watchTopology(watchCtx)
+	}()
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	scheme := "http"
+	if s.opts.TLSCert != "" {
+		scheme = "https"
+	}
+	s.log.Info().Str("addr", ln.Addr().String()).Str("url", scheme+"://"+ln.Addr().String()+s.opts.Path).Msg("bridge listening")
+
+	select {
+	case err := <-serveErr:
+		stopWatch()
+		<-watchDone
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+
+	s.draining.Store(true)
+	s.log.Info().Dur("grace", s.opts.ShutdownTimeout).Msg("shutting down: finishing in-flight requests")
+	sctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownTimeout)
+	defer cancel()
+	err = hs.Shutdown(sctx)
+	stopWatch()
+	<-watchDone
+	if err != nil {
+		return fmt.Errorf("http shutdown: %w", err)
+	}
+	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("http server: %w", err)
+	}
+	return nil
+}
+
+// watchTopology checks the connection and the stream every few seconds (at
+// once after a reconnect), so /readyz tells the truth and a stream lost with
+// a server's storage comes back.
+func (s *Server) watchTopology(ctx context.Context) {
+	reconnected := make(chan struct{}, 1)
+	s.nc.SetReconnectHandler(chainReconnect(s.nc.Opts.ReconnectedCB, func() {
+		select {
+		case reconnected <- struct{}{}:
+		default:
+		}
+	}))
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	lastOK := s.streamOK.Load()
+	for {
+		connected := s.nc.IsConnected()
+		s.metrics.natsUp.Set(b2f(connected))
+		if connected {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := s.EnsureStream(cctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.log.Error().Err(err).Msg("coordinate stream not ready")
+			} else if err == nil && !lastOK {
+				s.log.Info().Str("stream", s.opts.Stream.Name).Msg("coordinate stream ready")
+			}
+		} else {
+			s.streamOK.Store(false)
+		}
+		lastOK = s.streamOK.Load()
+		s.metrics.streamReady.Set(b2f(lastOK))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-reconnected:
+		}
+	}
+}
+
+func chainReconnect(prev nats.ConnHandler, f func()) nats.ConnHandler {
+	return func(nc *nats.Conn) {
+		if prev != nil {
+			prev(nc)
+		}
+		f()
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Ready reports whether the bridge can store coordinates now, and why not.
+func (s *Server) Ready() (bool, string) {
+	switch {
+	case s.draining.Load():
+		return false, "shutting down"
+	case !s.nc.IsConnected():
+		return false, "nats: " + s.nc.Status().String()
+	case !s.streamOK.Load():
+		return false, "stream " + s.opts.Stream.Name + " not available"
+	}
+	return true, ""
+}

@@ -1,0 +1,201 @@
+// Command bridge receives UBIQO GPS webhooks and stores every coordinate as a
+// JetStream message on ubiqo.coords.<device token>, answering only once it is
+// stored. With no nats.url it embeds a JetStream server.
+//
+//	bridge [flags]                 serve the webhook
+//	bridge token [flags] DEVICE_ID print the subject of a device id
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+	_ "time/tzdata" // ingest.default_timezone must load in minimal images
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
+	"github.com/ubiqo-bridge/ubiqo-bridge/cmd/internal/cli"
+	"github.com/ubiqo-bridge/ubiqo-bridge/config"
+)
+
+func main() { cli.Main("bridge", run) }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return runToken(args[1:], stdout)
+	}
+	l, err := config.Load(config.Bridge, args, stdout)
+	if err != nil {
+		return err
+	}
+	if len(l.Args) > 0 {
+		return fmt.Errorf("unexpected argument %q (see bridge --help)", l.Args[0])
+	}
+	cfg := l.Config
+	log := cli.NewLogger(cfg.Log, "bridge", stderr)
+	log.Info().Str("version", config.Version).Interface("config", l.Masked()).Msg("starting")
+	if cfg.Auth.Open() {
+		log.Warn().Msg("auth.tokens is empty: the webhook accepts calls from anyone; set auth.tokens in production")
+	}
+
+	natsURL := cfg.NATS.URL
+	var embedded *server.Server
+	if natsURL == "" {
+		embedded, err = stream.StartEmbedded(stream.EmbeddedConfig{
+			Listen:   cfg.NATS.Embedded.Listen,
+			StoreDir: cfg.NATS.Embedded.StoreDir,
+			MaxStore: cfg.NATS.Embedded.MaxStore,
+		}, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			embedded.Shutdown()
+			embedded.WaitForShutdown()
+			log.Info().Msg("embedded nats server stopped")
+		}()
+		natsURL = embedded.ClientURL()
+		log.Info().Str("url", natsURL).Str("store_dir", cfg.NATS.Embedded.StoreDir).Msg("embedded JetStream server running; subscribers and the nats CLI connect here")
+	}
+
+	name := cfg.NATS.Name
+	if name == "" {
+		name = "ubiqo-bridge"
+	}
+	nc, err := stream.Connect(stream.ConnConfig{
+		URL: natsURL, User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token,
+		CredsFile: cfg.NATS.CredsFile, TLSCA: cfg.NATS.TLSCA, TLSCert: cfg.NATS.TLSCert, TLSKey: cfg.NATS.TLSKey,
+		Name: name, ConnectTimeout: cfg.NATS.ConnectTimeout,
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(cfg.NATS.MaxPending),
+		jetstream.WithPublishAsyncTimeout(cfg.NATS.PublishTimeout),
+	)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+
+	srv, err := bridge.New(bridge.Options{
+		Addr:              cfg.HTTP.Addr,
+		Path:              cfg.HTTP.Path,
+		MaxBodyBytes:      cfg.HTTP.MaxBodyBytes,
+		MaxBatch:          cfg.HTTP.MaxBatch,
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
+		ReadTimeout:       cfg.HTTP.ReadTimeout,
+		WriteTimeout:      cfg.HTTP.WriteTimeout,
+		IdleTimeout:       cfg.HTTP.IdleTimeout,
+		ShutdownTimeout:   cfg.HTTP.ShutdownTimeout,
+		RequestTimeout:    cfg.HTTP.RequestTimeout,
+		TLSCert:           cfg.HTTP.TLSCert,
+		TLSKey:            cfg.HTTP.TLSKey,
+		Pprof:             cfg.HTTP.Pprof,
+		Tokens:            cfg.Auth.Tokens,
+		BasicUser:         cfg.Auth.BasicUser,
+		BasicPassword:     cfg.Auth.BasicPassword,
+		AccessLog:         cfg.Log.Access,
+		Decode: coord.Options{
+			Location:  cfg.Ingest.Location(),
+			Aliases:   cfg.Ingest.Aliases,
+			MaxFuture: cfg.Ingest.MaxFuture,
+		},
+		Stream:       coordsConfig(cfg.Stream),
+		ManageStream: cfg.Stream.Manage,
+	}, bridge.Deps{Log: log, Conn: nc, JS: js})
+	if err != nil {
+		return err
+	}
+
+	// A stream the server refuses to reconcile is a configuration error:
+	// exit and say so. A NATS server that is not there yet is a fault: serve
+	// (not ready) and keep trying.
+	if nc.IsConnected() {
+		ectx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := srv.EnsureStream(ectx)
+		cancel()
+		if errors.Is(err, stream.ErrIncompatible) {
+			return err
+		}
+		if err != nil {
+			log.Error().Err(err).Msg("coordinate stream not ready yet; will keep trying")
+		}
+	} else {
+		log.Warn().Msg("nats not reachable yet; serving with /readyz false until it is")
+	}
+
+	runErr := srv.Run(ctx)
+
+	// In-flight requests are done (or timed out); let outstanding acks land,
+	// then drain the connection.
+	flushPending(js, cfg.NATS.PublishTimeout, log)
+	if err := drain(nc, 10*time.Second); err != nil {
+		log.Warn().Err(err).Msg("nats drain")
+	}
+	log.Info().Msg("stopped")
+	return runErr
+}
+
+func flushPending(js jetstream.JetStream, timeout time.Duration, log zerolog.Logger) {
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(timeout):
+		log.Warn().Int("pending", js.PublishAsyncPending()).Msg("publish acks still pending at shutdown")
+	}
+}
+
+func drain(nc interface {
+	Drain() error
+	IsClosed() bool
+}, timeout time.Duration) error {
+	if err := nc.Drain(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for !nc.IsClosed() {
+		if time.Now().After(deadline) {
+			return errors.New("connection not closed after drain timeout")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+func coordsConfig(s config.Stream) stream.CoordsConfig {
+	return stream.CoordsConfig{
+		Name:            s.Name,
+		SubjectPrefix:   s.SubjectPrefix,
+		Replicas:        s.Replicas,
+		MaxAge:          s.MaxAge,
+		MaxBytes:        s.MaxBytes,
+		DuplicateWindow: s.DuplicateWindow,
+		Compression:     s.Compression == "s2",
+		AllowDirect:     s.AllowDirect,
+	}
+}
+
+// runToken prints the subject that carries a device's coordinates.
+func runToken(args []string, stdout io.Writer) error {
+	l, err := config.Load(config.Bridge, args, stdout)
+	if err != nil {
+		return err
+	}
+	if len(l.Args) != 1 {
+		return errors.New("usage: bridge token [flags] DEVICE_ID")
+	}
+	subj, err := coord.Subject(l.Stream.SubjectPrefix, l.Args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, subj)
+	return nil
+}
