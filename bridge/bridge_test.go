@@ -20,6 +20,7 @@ import (
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 )
@@ -43,6 +44,7 @@ func (s *syncBuffer) String() string {
 }
 
 type env struct {
+	opts   bridge.Options
 	srv    *bridge.Server
 	http   *httptest.Server
 	nats   *streamtest.Server
@@ -94,7 +96,22 @@ func newEnv(t *testing.T, mod func(*bridge.Options)) *env {
 	}
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
-	return &env{srv: srv, http: hs, nats: ns, nc: nc, js: js, logs: logs, stream: st}
+	return &env{opts: opts, srv: srv, http: hs, nats: ns, nc: nc, js: js, logs: logs, stream: st}
+}
+
+// newServer builds another server on the same connection (for spool and
+// restart tests).
+func (e *env) newServer(t *testing.T, sp *spool.Spool, mod func(*bridge.Options)) *bridge.Server {
+	t.Helper()
+	opts := e.opts
+	if mod != nil {
+		mod(&opts)
+	}
+	srv, err := bridge.New(opts, bridge.Deps{Log: zerolog.New(e.logs), Conn: e.nc, JS: e.js, Spool: sp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
 }
 
 type answer struct {

@@ -14,6 +14,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 )
 
 // ingestResponse is the answer to a webhook call (DESIGN.md "Ingest
@@ -78,21 +79,107 @@ func (s *Server) handleIngest(c echo.Context) error {
 		return c.JSON(http.StatusUnprocessableEntity, errorResponse{Error: "no valid coordinate in request", Rejected: rejected})
 	}
 
+	recs := s.pub.Records(batch.Coords)
+	if s.spool != nil && !s.spool.Empty() {
+		// Older coordinates still wait in the spool: queue behind them, so
+		// each device's coordinates reach the stream in arrival order.
+		return s.answerSpooled(c, recs, PublishResult{}, batch.Rejected, rejected)
+	}
+	if !s.nc.IsConnected() {
+		// Don't wait out a publish timeout when NATS is known to be away.
+		return s.answerSpooled(c, recs, PublishResult{}, batch.Rejected, rejected)
+	}
+
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout)
 	defer cancel()
 	start := time.Now()
-	res, err := s.pub.Publish(ctx, batch.Coords)
+	res, err := s.pub.Publish(ctx, recs)
 	s.metrics.publish.Observe(time.Since(start).Seconds())
 	s.metrics.accepted.Add(float64(res.Stored))
 	s.metrics.duplicate.Add(float64(res.Duplicates))
 	if err != nil {
-		s.log.Error().Err(err).Str("request_id", requestID(c)).Int("coordinates", len(batch.Coords)).
-			Int("stored", res.Stored).Msg("coordinates not stored; answering 503")
-		c.Response().Header().Set(echo.HeaderRetryAfter, retryAfterSeconds)
-		return c.JSON(http.StatusServiceUnavailable, errorResponse{Error: "coordinates could not be stored now; retry later"})
+		s.log.Warn().Err(err).Str("request_id", requestID(c)).Int("coordinates", len(recs)).
+			Int("stored", res.Stored+res.Duplicates).Int("not_stored", len(res.Failed)).Msg("JetStream did not store every coordinate")
+		failed := make([]spool.Record, len(res.Failed))
+		for i, idx := range res.Failed {
+			failed[i] = recs[idx]
+		}
+		return s.answerSpooled(c, failed, res, batch.Rejected, rejected)
 	}
-	setCounts(c, res.Stored, res.Duplicates, len(batch.Rejected))
+	setCounts(c, res.Stored, res.Duplicates, 0, len(batch.Rejected))
 	return c.JSON(http.StatusOK, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Rejected: rejected})
+}
+
+// answerSpooled writes the coordinates JetStream did not take to the spool
+// and answers 202, or 503 when there is no spool, it is full or it fails: a
+// 2xx always means every accepted coordinate is on disk somewhere.
+func (s *Server) answerSpooled(c echo.Context, recs []spool.Record, res PublishResult, rej, rejected []coord.Rejection) error {
+	if s.spool == nil {
+		return s.unavailable(c, "coordinates could not be stored now; retry later")
+	}
+	if err := s.spool.Append(recs); err != nil {
+		s.log.Error().Err(err).Str("request_id", requestID(c)).Int("coordinates", len(recs)).Msg("spool append failed; answering 503")
+		if errors.Is(err, spool.ErrFull) {
+			return s.unavailable(c, "coordinates could not be stored now and the local spool is full; retry later")
+		}
+		return s.unavailable(c, "coordinates could not be stored now; retry later")
+	}
+	s.metrics.spooled.Add(float64(len(recs)))
+	setCounts(c, res.Stored, res.Duplicates, len(recs), len(rej))
+	return c.JSON(http.StatusAccepted, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Spooled: len(recs), Rejected: rejected})
+}
+
+func (s *Server) unavailable(c echo.Context, msg string) error {
+	c.Response().Header().Set(echo.HeaderRetryAfter, retryAfterSeconds)
+	return c.JSON(http.StatusServiceUnavailable, errorResponse{Error: msg})
+}
+
+// replaySpool moves spooled coordinates into JetStream, oldest first, with
+// their original message ids, whenever the stream can take them.
+func (s *Server) replaySpool(ctx context.Context) {
+	const batch = 256
+	idle := 200 * time.Millisecond
+	failures := 0
+	for {
+		wait := idle
+		if ok, _ := s.Ready(); (ok || s.draining.Load() && s.nc.IsConnected() && s.streamOK.Load()) && !s.spool.Empty() {
+			recs, pos, err := s.spool.Peek(batch)
+			if err == nil && len(recs) > 0 {
+				pctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+				res, perr := s.pub.Publish(pctx, recs)
+				cancel()
+				err = perr
+				if err == nil {
+					err = s.spool.Commit(pos, len(recs))
+					s.metrics.replayed.Add(float64(len(recs)))
+					s.metrics.accepted.Add(float64(res.Stored))
+					s.metrics.duplicate.Add(float64(res.Duplicates))
+				}
+			}
+			if err != nil {
+				failures++
+				if failures == 1 || failures%30 == 0 {
+					s.log.Warn().Err(err).Int("failures", failures).Msg("spool replay failed; will retry")
+				}
+				wait = time.Second
+			} else {
+				if failures > 0 {
+					s.log.Info().Msg("spool replay resumed")
+				}
+				failures = 0
+				wait = 0
+			}
+		}
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		} else if ctx.Err() != nil {
+			return
+		}
+	}
 }
 
 func (s *Server) tooLarge() error {

@@ -3,6 +3,8 @@ package bridge
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 )
 
 // metrics are the bridge's Prometheus collectors, registered on a registry
@@ -16,7 +18,9 @@ type metrics struct {
 	natsUp      prometheus.Gauge
 	streamReady prometheus.Gauge
 
-	accepted, duplicate, rejected prometheus.Counter
+	replayed prometheus.Counter
+
+	accepted, duplicate, rejected, spooled prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -36,7 +40,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		}),
 		coords: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ubiqo_bridge_coordinates_total",
-			Help: "Coordinates received, by result: accepted (newly stored), duplicate (already stored), rejected (invalid).",
+			Help: "Coordinates received, by result: accepted (newly stored), duplicate (already stored), rejected (invalid), spooled (written to the local spool).",
 		}, []string{"result"}),
 		publish: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ubiqo_bridge_publish_duration_seconds",
@@ -52,11 +56,30 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Help: "1 while the coordinate stream exists and was reachable at the last check.",
 		}),
 	}
+	m.replayed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ubiqo_bridge_spool_replayed_total",
+		Help: "Coordinates replayed from the local spool into JetStream.",
+	})
 	m.accepted = m.coords.WithLabelValues("accepted")
+	m.spooled = m.coords.WithLabelValues("spooled")
 	m.duplicate = m.coords.WithLabelValues("duplicate")
 	m.rejected = m.coords.WithLabelValues("rejected")
-	reg.MustRegister(m.requests, m.duration, m.inFlight, m.coords, m.publish, m.natsUp, m.streamReady)
+	reg.MustRegister(m.requests, m.duration, m.inFlight, m.coords, m.publish, m.natsUp, m.streamReady, m.replayed)
 	return m
+}
+
+// watchSpool exports the spool's backlog.
+func (m *metrics) watchSpool(reg *prometheus.Registry, sp *spool.Spool) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ubiqo_bridge_spool_bytes",
+			Help: "Bytes in the local spool waiting to be replayed.",
+		}, func() float64 { _, b := sp.Stats(); return float64(b) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ubiqo_bridge_spool_records",
+			Help: "Coordinates in the local spool waiting to be replayed.",
+		}, func() float64 { r, _ := sp.Stats(); return float64(r) }),
+	)
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors.

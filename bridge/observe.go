@@ -41,10 +41,10 @@ func requestID(c echo.Context) string {
 	return id
 }
 
-type counts struct{ accepted, duplicates, rejected int }
+type counts struct{ accepted, duplicates, spooled, rejected int }
 
-func setCounts(c echo.Context, accepted, duplicates, rejected int) {
-	c.Set(ctxCounts, counts{accepted, duplicates, rejected})
+func setCounts(c echo.Context, accepted, duplicates, spooled, rejected int) {
+	c.Set(ctxCounts, counts{accepted, duplicates, spooled, rejected})
 }
 
 // validRequestID accepts a caller's X-Request-Id when it is short and plain.
@@ -126,6 +126,9 @@ func (s *Server) accessLog(c echo.Context, id, route string, status int, elapsed
 		Str("remote", c.RealIP())
 	if n, ok := c.Get(ctxCounts).(counts); ok {
 		ev = ev.Int("accepted", n.accepted).Int("duplicates", n.duplicates).Int("rejected", n.rejected)
+		if n.spooled > 0 {
+			ev = ev.Int("spooled", n.spooled)
+		}
 	}
 	ev.Msg("request")
 }

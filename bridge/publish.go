@@ -10,11 +10,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 )
 
-// ErrNotStored means JetStream did not confirm that every coordinate of a
-// request was stored; the caller answers 503 so the sender retries, and the
-// message ids make the retry store each coordinate once.
+// ErrNotStored means JetStream did not confirm that every message was
+// stored; the result says which were not. Some may have been stored all the
+// same (an ack lost in a disconnect): their message ids make a retry or a
+// spool replay store each one once.
 var ErrNotStored = errors.New("not stored by JetStream")
 
 // asyncPublisher is the role of the JetStream API the bridge publishes with.
@@ -22,9 +24,10 @@ type asyncPublisher interface {
 	PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
 }
 
-// Publisher publishes coordinates to the COORDS stream asynchronously and
-// waits for all their acks at once, so a request of n coordinates costs one
-// round trip of acks, not n.
+// Publisher publishes coordinate messages to the COORDS stream
+// asynchronously and waits for all their acks at once, so a request of n
+// coordinates costs one round trip of acks, not n, and no goroutine per
+// message.
 type Publisher struct {
 	js     asyncPublisher
 	prefix string
@@ -39,23 +42,50 @@ func NewPublisher(js asyncPublisher, stream, prefix string) *Publisher {
 
 // PublishResult counts what JetStream said of a batch.
 type PublishResult struct {
-	Stored     int // newly stored
-	Duplicates int // already in the stream (same Nats-Msg-Id within the window)
+	Stored     int   // newly stored
+	Duplicates int   // already in the stream (same Nats-Msg-Id within the window)
+	Failed     []int // indexes of the messages without an ack
 }
 
 type pubBatch struct {
-	buf     []byte
 	futures []jetstream.PubAckFuture
 	msgs    []nats.Msg
 }
 
-// Publish stores coords and returns once JetStream has acked every one of
-// them, or with an error wrapping ErrNotStored (some may have been stored;
-// a retry with the same coordinates is deduplicated). It gives up when ctx
-// ends.
-func (p *Publisher) Publish(ctx context.Context, coords []coord.Coord) (PublishResult, error) {
+// Records encodes coords as the messages to publish (or spool). The bodies
+// share one buffer.
+func (p *Publisher) Records(coords []coord.Coord) []spool.Record {
+	size := 0
+	for i := range coords {
+		size += 256 + len(coords[i].Raw)
+	}
+	buf := make([]byte, 0, size)
+	ends := make([]int, len(coords))
+	for i := range coords {
+		buf = coords[i].AppendJSON(buf)
+		ends[i] = len(buf)
+	}
+	recs := make([]spool.Record, len(coords))
+	start := 0
+	for i := range coords {
+		c := &coords[i]
+		recs[i] = spool.Record{
+			Subject: p.subject(c.DeviceID),
+			MsgID:   c.MsgID(),
+			Device:  c.DeviceID,
+			Data:    buf[start:ends[i]:ends[i]],
+		}
+		start = ends[i]
+	}
+	return recs
+}
+
+// Publish stores recs and returns once JetStream has acked every one, or
+// with an error wrapping ErrNotStored and the result's Failed list. It
+// gives up waiting when ctx ends.
+func (p *Publisher) Publish(ctx context.Context, recs []spool.Record) (PublishResult, error) {
 	var res PublishResult
-	if len(coords) == 0 {
+	if len(recs) == 0 {
 		return res, nil
 	}
 	b, _ := p.pool.Get().(*pubBatch)
@@ -73,32 +103,24 @@ func (p *Publisher) Publish(ctx context.Context, coords []coord.Coord) (PublishR
 		b.futures = b.futures[:0]
 		clear(b.msgs)
 		b.msgs = b.msgs[:0]
-		b.buf = b.buf[:0]
 		p.pool.Put(b)
 	}()
-
-	// Encode every body into one buffer first: the nats client copies the
-	// payload into its write buffer, so the slices may share storage.
-	offsets := make([]int, len(coords)+1)
-	for i := range coords {
-		b.buf = coords[i].AppendJSON(b.buf)
-		offsets[i+1] = len(b.buf)
+	if cap(b.msgs) < len(recs) {
+		b.msgs = make([]nats.Msg, len(recs))
 	}
-	if cap(b.msgs) < len(coords) {
-		b.msgs = make([]nats.Msg, len(coords))
-	}
-	b.msgs = b.msgs[:len(coords)]
+	b.msgs = b.msgs[:len(recs)]
 
 	var firstErr error
-	for i := range coords {
-		c := &coords[i]
+	sent := 0
+	for i := range recs {
+		r := &recs[i]
 		m := &b.msgs[i]
-		m.Subject = p.subject(c.DeviceID)
-		m.Data = b.buf[offsets[i]:offsets[i+1]:offsets[i+1]]
+		m.Subject = r.Subject
+		m.Data = r.Data
 		m.Header = nats.Header{
-			jetstream.MsgIDHeader:          []string{c.MsgID()},
+			jetstream.MsgIDHeader:          []string{r.MsgID},
 			jetstream.ExpectedStreamHeader: []string{p.stream},
-			"Ubiqo-Device":                 []string{c.DeviceID},
+			"Ubiqo-Device":                 []string{r.Device},
 			"Content-Type":                 []string{"application/json"},
 		}
 		f, err := p.js.PublishMsgAsync(m)
@@ -107,9 +129,13 @@ func (p *Publisher) Publish(ctx context.Context, coords []coord.Coord) (PublishR
 			break
 		}
 		b.futures = append(b.futures, f)
+		sent++
+	}
+	for i := sent; i < len(recs); i++ {
+		res.Failed = append(res.Failed, i)
 	}
 
-	for _, f := range b.futures {
+	for i, f := range b.futures {
 		select {
 		case ack := <-f.Ok():
 			if ack.Duplicate {
@@ -118,14 +144,18 @@ func (p *Publisher) Publish(ctx context.Context, coords []coord.Coord) (PublishR
 				res.Stored++
 			}
 		case err := <-f.Err():
+			res.Failed = append(res.Failed, i)
 			if firstErr == nil {
 				firstErr = fmt.Errorf("publish %s: %w", f.Msg().Subject, err)
 			}
 		case <-ctx.Done():
+			recycle = false
+			for j := i; j < len(b.futures); j++ {
+				res.Failed = append(res.Failed, j)
+			}
 			if firstErr == nil {
 				firstErr = fmt.Errorf("waiting for acks: %w", ctx.Err())
 			}
-			recycle = false
 			return res, fmt.Errorf("%w: %w", ErrNotStored, firstErr)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 )
 
@@ -39,6 +41,8 @@ type Options struct {
 	RequestTimeout    time.Duration // longest wait for JetStream acks
 	TLSCert, TLSKey   string
 	Pprof             bool
+	MaxInFlight       int      // concurrent ingest requests; more answer 429
+	AllowIPs          []string // client IPs/CIDRs allowed on the ingest path; empty = any
 
 	Tokens        []string
 	BasicUser     string
@@ -60,6 +64,9 @@ type Deps struct {
 	Conn     *nats.Conn
 	JS       jetstream.JetStream
 	Registry *prometheus.Registry // nil = a new one
+	// Spool receives coordinates JetStream cannot store (answered 202) and
+	// is replayed while the server runs; nil = answer 503 instead.
+	Spool *spool.Spool
 }
 
 // Server is the bridge's HTTP server. Create it with New, then Run.
@@ -73,6 +80,9 @@ type Server struct {
 	reg     *prometheus.Registry
 	metrics *metrics
 	auth    *authenticator
+	allow   *ipAllowList
+	spool   *spool.Spool
+	slots   chan struct{} // ingest requests in flight
 	echo    *echo.Echo
 
 	streamOK atomic.Bool
@@ -95,8 +105,15 @@ func New(opts Options, deps Deps) (*Server, error) {
 	if reg == nil {
 		reg = NewRegistry()
 	}
+	allow, err := newIPAllowList(opts.AllowIPs)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		opts:    opts,
+		allow:   allow,
+		spool:   deps.Spool,
+		slots:   make(chan struct{}, opts.MaxInFlight),
 		log:     deps.Log,
 		nc:      deps.Conn,
 		js:      deps.JS,
@@ -105,6 +122,9 @@ func New(opts Options, deps Deps) (*Server, error) {
 		reg:     reg,
 		metrics: newMetrics(reg),
 		auth:    newAuthenticator(opts.Tokens, opts.BasicUser, opts.BasicPassword),
+	}
+	if s.spool != nil {
+		s.metrics.watchSpool(reg, s.spool)
 	}
 	s.echo = s.routes()
 	return s, nil
@@ -130,6 +150,9 @@ func setDefaults(o *Options) {
 	}
 	if o.Path == "" {
 		o.Path = "/webhook/ubiqo"
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 1024
 	}
 	if o.AccessLog == "" {
 		o.AccessLog = "all"
@@ -192,11 +215,21 @@ func (s *Server) Run(ctx context.Context) error {
 		ln = tls.NewListener(ln, hs.TLSConfig)
 	}
 
+	// The watcher and the spool replayer outlive ctx until the HTTP server
+	// has shut down, so requests finishing late still see a ready server
+	// and the spool keeps draining.
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		s.watchTopology(watchCtx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); s.watchTopology(watchCtx) }()
+		if s.spool != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); s.replaySpool(watchCtx) }()
+		}
+		wg.Wait()
 	}()
 
 	serveErr := make(chan error, 1)

@@ -17,6 +17,7 @@ type Config struct {
 	NATS    NATS    `mapstructure:"nats"`
 	Stream  Stream  `mapstructure:"stream"`
 	Ingest  Ingest  `mapstructure:"ingest"`
+	Spool   Spool   `mapstructure:"spool"`
 	Persist Persist `mapstructure:"persist"`
 	Log     Log     `mapstructure:"log"`
 
@@ -41,6 +42,8 @@ type HTTP struct {
 	RequestTimeout    time.Duration `mapstructure:"request_timeout"`
 	TLSCert           string        `mapstructure:"tls_cert"`
 	TLSKey            string        `mapstructure:"tls_key"`
+	MaxInFlight       int           `mapstructure:"max_in_flight"`
+	AllowIPs          []string      `mapstructure:"allow_ips"`
 	Pprof             bool          `mapstructure:"pprof"`
 }
 
@@ -89,6 +92,13 @@ type Stream struct {
 	Compression     string        `mapstructure:"compression"`
 	AllowDirect     bool          `mapstructure:"allow_direct"`
 	Manage          bool          `mapstructure:"manage"`
+}
+
+// Spool configures the bridge's local spool.
+type Spool struct {
+	Mode     string `mapstructure:"mode"`
+	Dir      string `mapstructure:"dir"`
+	MaxBytes int64  `mapstructure:"max_bytes"`
 }
 
 // Ingest configures the webhook decoder.

@@ -65,6 +65,8 @@ var Keys = []Key{
 	{Name: "http.request_timeout", Default: 10 * time.Second, Usage: "longest a request may wait for JetStream acks before 503", Only: bins(Bridge)},
 	{Name: "http.tls_cert", Default: "", Usage: "PEM certificate file; with http.tls_key serves HTTPS", Only: bins(Bridge)},
 	{Name: "http.tls_key", Default: "", Usage: "PEM private key file for http.tls_cert", Only: bins(Bridge)},
+	{Name: "http.max_in_flight", Default: 1024, Usage: "most requests served at once; more answer 429 with Retry-After", Only: bins(Bridge)},
+	{Name: "http.allow_ips", Default: []string{}, Usage: "client IPs or CIDRs allowed to call the webhook; empty = any", Only: bins(Bridge)},
 	{Name: "http.pprof", Default: false, Usage: "serve /debug/pprof on the HTTP listener"},
 
 	// Authentication of webhook calls.
@@ -99,6 +101,11 @@ var Keys = []Key{
 	{Name: "stream.compression", Default: "s2", Usage: "stream compression: s2 or none"},
 	{Name: "stream.allow_direct", Default: true, Usage: "allow direct get (nats stream get --last-for)"},
 	{Name: "stream.manage", Default: true, Usage: "create or update the stream at start; false = only check it exists"},
+
+	// Local spool for when JetStream cannot store.
+	{Name: "spool.mode", Default: "spool", Usage: "spool: write to the local spool and answer 202 when JetStream cannot store; reject: answer 503", Only: bins(Bridge)},
+	{Name: "spool.dir", Default: "./data/spool", Usage: "spool directory (fsync'd append-only segments)", Only: bins(Bridge)},
+	{Name: "spool.max_bytes", Default: int64(1 << 30), Usage: "largest spool; when full the webhook answers 503", Only: bins(Bridge)},
 
 	// Ingest decoding.
 	{Name: "ingest.default_timezone", Default: "UTC", Usage: "zone for timestamps that carry none (IANA name)", Only: bins(Bridge)},

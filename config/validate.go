@@ -52,6 +52,22 @@ func (c *Config) Validate(b Binary) error {
 			v.bad("ingest.default_timezone", c.Ingest.DefaultTimezone, "unknown time zone (use an IANA name such as America/Mexico_City)")
 		}
 		v.duration("ingest.max_future", c.Ingest.MaxFuture)
+		v.positive("http.max_in_flight", int64(c.HTTP.MaxInFlight))
+		for _, ip := range c.HTTP.AllowIPs {
+			if _, _, err := net.ParseCIDR(ip); err != nil && net.ParseIP(ip) == nil {
+				v.bad("http.allow_ips", ip, "must be an IP address or a CIDR such as 10.0.0.0/8")
+			}
+		}
+		switch c.Spool.Mode {
+		case "spool":
+			if c.Spool.Dir == "" {
+				v.bad("spool.dir", "", "must not be empty when spool.mode is spool")
+			}
+			v.positive("spool.max_bytes", c.Spool.MaxBytes)
+		case "reject":
+		default:
+			v.bad("spool.mode", c.Spool.Mode, "must be spool or reject")
+		}
 	}
 	v.duration("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
 

@@ -21,25 +21,26 @@ const Version = 1
 
 // Coord is one satellite coordinate in canonical form (message format v1).
 //
-// Optional measurements are pointers: nil means the source did not send them.
-// The JSON encoding of a Coord (MarshalJSON / AppendJSON) is the body of every
+// Optional measurements are pointers: nil means the source did not send them
+// (or sent a value the decoder could not use, which is then in Attrs). The
+// JSON encoding of a Coord (MarshalJSON / AppendJSON) is the body of every
 // message on the COORDS stream; json.Unmarshal into a Coord reads it back.
 type Coord struct {
-	V          int             `json:"v"`
-	DeviceID   string          `json:"device_id"`
-	TS         time.Time       `json:"ts"`
-	ReceivedAt time.Time       `json:"received_at"`
-	Lat        float64         `json:"lat"`
-	Lon        float64         `json:"lon"`
-	AltM       *float64        `json:"alt_m,omitempty"`
-	SpeedKmh   *float64        `json:"speed_kmh,omitempty"`
-	HeadingDeg *float64        `json:"heading_deg,omitempty"`
-	AccuracyM  *float64        `json:"accuracy_m,omitempty"`
-	BatteryPct *float64        `json:"battery_pct,omitempty"`
-	Event      string          `json:"event,omitempty"`
-	TSMissing  bool            `json:"ts_missing,omitempty"`
-	Attrs      map[string]any  `json:"attrs,omitempty"`
-	Raw        json.RawMessage `json:"raw,omitempty"`
+	V          int             `json:"v"`                     // message format, Version
+	DeviceID   string          `json:"device_id"`             // as sent, trimmed; 1 to MaxIDLen bytes of UTF-8
+	TS         time.Time       `json:"ts"`                    // fix time, UTC; the receive time when TSMissing
+	ReceivedAt time.Time       `json:"received_at"`           // when the bridge received the request, UTC
+	Lat        float64         `json:"lat"`                   // degrees, [-90, 90]
+	Lon        float64         `json:"lon"`                   // degrees, [-180, 180]
+	AltM       *float64        `json:"alt_m,omitempty"`       // metres above sea level
+	SpeedKmh   *float64        `json:"speed_kmh,omitempty"`   // km/h, >= 0
+	HeadingDeg *float64        `json:"heading_deg,omitempty"` // degrees, [0, 360]
+	AccuracyM  *float64        `json:"accuracy_m,omitempty"`  // metres, >= 0
+	BatteryPct *float64        `json:"battery_pct,omitempty"` // percent, [0, 100]
+	Event      string          `json:"event,omitempty"`       // event name or code as sent
+	TSMissing  bool            `json:"ts_missing,omitempty"`  // the source sent no time
+	Attrs      map[string]any  `json:"attrs,omitempty"`       // unmapped source fields: nil, bool, string, json.Number, []any, map[string]any
+	Raw        json.RawMessage `json:"raw,omitempty"`         // the item as received, compacted (form/query: an object of strings)
 }
 
 // AppendJSON appends the canonical JSON v1 encoding of c to dst and returns
@@ -52,8 +53,10 @@ type Coord struct {
 //
 // The output is always valid JSON: a non-finite float is written as null, a
 // Raw that is not valid JSON as a JSON string, and invalid UTF-8 as U+FFFD.
-// For a Coord that passes Validate, json.Unmarshal of the output gives back
-// an equal Coord.
+// For a Coord as a Decoder returns it (UTC times, compact Raw, attrs of the
+// types listed on Coord), json.Unmarshal of the output gives back an equal
+// Coord; otherwise times come back in UTC, Raw compacted and attrs numbers as
+// json.Number.
 func (c *Coord) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `{"v":`...)
 	dst = strconv.AppendInt(dst, int64(c.V), 10)

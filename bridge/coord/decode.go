@@ -109,7 +109,9 @@ func NewDecoder(o Options) (*Decoder, error) {
 	return d, nil
 }
 
-// Batch is the result of decoding one request.
+// Batch is the result of decoding one request. The strings and Raw of its
+// coordinates share a few allocations made for the whole request (one copy
+// of the body, one block for Raw), so keeping one Coord keeps that memory.
 type Batch struct {
 	// Coords are the valid coordinates, in request order.
 	Coords []Coord
@@ -551,7 +553,7 @@ func (st *itemState) item(top []member, c *Coord) string {
 		p.m.used = true
 	}
 	if len(probs) > 0 {
-		return strings.Join(probs, "; ")
+		return validUTF8(strings.Join(probs, "; "))
 	}
 
 	// Optional fields: an unusable value is left in attrs.
@@ -625,9 +627,11 @@ func (st *itemState) item(top []member, c *Coord) string {
 // first occurrence, and none when one occurrence was mapped.
 func (st *itemState) attrs(top []member, conts *[numSlots]*member, spans *[numSlots][2]int) map[string]any {
 	var out map[string]any
+	var buf [16]string
+	used := usedKeys(buf[:0], top)
 	for i := range top {
 		m := &top[i]
-		if m.used || usedKey(top, m.key) {
+		if m.used || slices.Contains(used, m.key) {
 			continue
 		}
 		var v any
@@ -640,9 +644,11 @@ func (st *itemState) attrs(top []member, conts *[numSlots]*member, spans *[numSl
 				v = m.value()
 			} else {
 				var rest map[string]any
+				var buf [16]string
+				nsUsed := usedKeys(buf[:0], ns)
 				for j := range ns {
 					n := &ns[j]
-					if n.used || usedKey(ns, n.key) {
+					if n.used || slices.Contains(nsUsed, n.key) {
 						continue
 					}
 					if rest == nil {
@@ -673,14 +679,17 @@ func hasKey(m map[string]any, k string) bool {
 	return ok
 }
 
-// usedKey reports whether a member with exactly this key was mapped.
-func usedKey(ms []member, key string) bool {
+// usedKeys appends the keys of the mapped members to dst. At most one member
+// per canonical field, plus a unit field and a location string, is mapped,
+// so the list is short and looking a key up in it keeps attrs linear in the
+// number of members.
+func usedKeys(dst []string, ms []member) []string {
 	for i := range ms {
-		if ms[i].used && ms[i].key == key {
-			return true
+		if ms[i].used {
+			dst = append(dst, ms[i].key)
 		}
 	}
-	return false
+	return dst
 }
 
 // str returns the text of a string member: unquoted for JSON.

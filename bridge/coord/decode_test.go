@@ -959,3 +959,31 @@ func TestDecodeWrapperOfNonObjects(t *testing.T) {
 		t.Errorf("message %q", msg)
 	}
 }
+
+// TestDecodeManyKeysIsLinear: an item with very many fields (a 1 MB body
+// can hold ~100k) decodes in time linear in its size. A quadratic step would
+// make this test run for minutes.
+func TestDecodeManyKeysIsLinear(t *testing.T) {
+	d := newDecoder(t, Options{})
+	var sb strings.Builder
+	sb.WriteString(`{"device_id": "k", "lat": 1, "lon": 2, "position": {"speed": 3`)
+	for i := range 100_000 {
+		fmt.Fprintf(&sb, `, "n%d": %d`, i, i)
+	}
+	sb.WriteString(`}`)
+	for i := range 100_000 {
+		fmt.Fprintf(&sb, `, "k%d": %d`, i, i)
+	}
+	sb.WriteString(`}`)
+	start := time.Now()
+	b, err := d.DecodeJSON([]byte(sb.String()), goldenNow)
+	elapsed := time.Since(start)
+	if err != nil || len(b.Coords) != 1 {
+		t.Fatalf("%v %+v", err, b.Rejected)
+	}
+	c := &b.Coords[0]
+	if len(c.Attrs) != 100_001 || len(c.Attrs["position"].(map[string]any)) != 100_000 || c.SpeedKmh == nil {
+		t.Errorf("attrs has %d keys, want 100001", len(c.Attrs))
+	}
+	t.Logf("decoded %d bytes with 200k fields in %v", sb.Len(), elapsed)
+}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/cmd/internal/cli"
 	"github.com/ubiqo-bridge/ubiqo-bridge/config"
@@ -86,6 +87,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 
+	var sp *spool.Spool
+	if cfg.Spool.Mode == "spool" {
+		sp, err = spool.Open(cfg.Spool.Dir, cfg.Spool.MaxBytes)
+		if err != nil {
+			return fmt.Errorf("spool.dir: %w", err)
+		}
+		defer sp.Close()
+		for _, r := range sp.Repaired {
+			log.Warn().Str("repair", r).Msg("spool: cut off a torn record left by a crash")
+		}
+		if n, b := sp.Stats(); n > 0 {
+			log.Info().Int64("records", n).Int64("bytes", b).Msg("spool holds coordinates from before; replaying them")
+		}
+	}
+
 	srv, err := bridge.New(bridge.Options{
 		Addr:              cfg.HTTP.Addr,
 		Path:              cfg.HTTP.Path,
@@ -100,6 +116,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		TLSCert:           cfg.HTTP.TLSCert,
 		TLSKey:            cfg.HTTP.TLSKey,
 		Pprof:             cfg.HTTP.Pprof,
+		MaxInFlight:       cfg.HTTP.MaxInFlight,
+		AllowIPs:          cfg.HTTP.AllowIPs,
 		Tokens:            cfg.Auth.Tokens,
 		BasicUser:         cfg.Auth.BasicUser,
 		BasicPassword:     cfg.Auth.BasicPassword,
@@ -111,7 +129,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		},
 		Stream:       coordsConfig(cfg.Stream),
 		ManageStream: cfg.Stream.Manage,
-	}, bridge.Deps{Log: log, Conn: nc, JS: js})
+	}, bridge.Deps{Log: log, Conn: nc, JS: js, Spool: sp})
 	if err != nil {
 		return err
 	}

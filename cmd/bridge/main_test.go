@@ -61,6 +61,7 @@ func TestRunEndToEnd(t *testing.T) {
 			"--http.addr", httpAddr,
 			"--nats.embedded.listen", natsAddr,
 			"--nats.embedded.store_dir", t.TempDir(),
+			"--spool.dir", t.TempDir(),
 		}, &stdout, &stderr)
 	}()
 	base := "http://" + httpAddr
@@ -159,7 +160,7 @@ func TestRunEmbeddedPortTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	err = run(context.Background(), []string{"--http.addr", freeAddr(t), "--nats.embedded.listen", l.Addr().String(), "--nats.embedded.store_dir", t.TempDir()}, io.Discard, io.Discard)
+	err = run(context.Background(), []string{"--http.addr", freeAddr(t), "--nats.embedded.listen", l.Addr().String(), "--nats.embedded.store_dir", t.TempDir(), "--spool.dir", t.TempDir()}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "already in use") || !strings.Contains(err.Error(), "nats.url") {
 		t.Fatalf("want a port-taken error that names nats.url, got %v", err)
 	}

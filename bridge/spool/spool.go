@@ -1,0 +1,375 @@
+// Package spool is the bridge's local write-ahead spool: when JetStream cannot
+// store coordinates, they are appended here, fsync'd, and replayed later in
+// the order they arrived, with their original message ids, so a coordinate
+// answered 202 is never lost by a NATS outage or a bridge restart.
+//
+// On disk the spool is a directory of segment files (seg-<n>.spool) and a
+// checkpoint. A segment is a sequence of records:
+//
+//	u32 length of payload | u32 CRC-32C of payload | payload
+//	payload = u16 len + subject | u16 len + msg id | u16 len + device id | data
+//
+// A record whose length runs past the end of the file or whose checksum does
+// not match is a torn write (a crash mid-append): it and everything after it
+// in that segment is cut off at open, never replayed.
+package spool
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Record is one spooled coordinate message.
+type Record struct {
+	Subject string
+	MsgID   string
+	Device  string
+	Data    []byte
+}
+
+// ErrFull is returned by Append when the spool would exceed its size limit.
+var ErrFull = errors.New("spool full")
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("spool closed")
+
+const (
+	headerLen          = 8
+	maxRecord          = 16 << 20
+	defaultSegmentSize = 64 << 20
+	segPrefix          = "seg-"
+	segSuffix          = ".spool"
+	checkpoint         = "checkpoint"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Spool is safe for concurrent use: many appenders, one replayer.
+type Spool struct {
+	dir      string
+	maxBytes int64
+	segSize  int64 // rotate segments past this size
+
+	mu       sync.Mutex
+	cond     *sync.Cond // signalled when records are appended
+	closed   bool
+	segs     []int64 // segment numbers, oldest first
+	w        *os.File
+	wSeg     int64
+	wOff     int64
+	bytes    int64 // bytes on disk not yet replayed
+	records  int64 // records not yet replayed (approximate after a torn tail)
+	readSeg  int64 // checkpoint: next record to replay
+	readOff  int64
+	Repaired []string // what Open cut off, for the caller to log
+}
+
+// Open opens (creating if needed) the spool in dir, limited to maxBytes of
+// unreplayed data. Torn records at the end of segments are cut off and
+// reported in Repaired.
+func Open(dir string, maxBytes int64) (*Spool, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("spool dir %s: %w", dir, err)
+	}
+	s := &Spool{dir: dir, maxBytes: maxBytes, segSize: defaultSegmentSize}
+	s.cond = sync.NewCond(&s.mu)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool dir %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, segPrefix) || !strings.HasSuffix(name, segSuffix) {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(name, segPrefix), segSuffix), 10, 64)
+		if err != nil {
+			continue
+		}
+		s.segs = append(s.segs, n)
+	}
+	sort.Slice(s.segs, func(i, j int) bool { return s.segs[i] < s.segs[j] })
+	s.readSeg, s.readOff = s.loadCheckpoint()
+	// Drop segments wholly before the checkpoint (replayed, not yet removed).
+	for len(s.segs) > 0 && s.segs[0] < s.readSeg {
+		_ = os.Remove(s.segPath(s.segs[0]))
+		s.segs = s.segs[1:]
+	}
+	if len(s.segs) == 0 || s.readSeg < s.segs[0] {
+		s.readOff = 0
+		if len(s.segs) > 0 {
+			s.readSeg = s.segs[0]
+		}
+	}
+	for _, n := range s.segs {
+		good, recs, err := s.scan(n)
+		if err != nil {
+			return nil, err
+		}
+		from := int64(0)
+		if n == s.readSeg {
+			from = s.readOff
+			recs = s.countFrom(n, from)
+		}
+		if good > from {
+			s.bytes += good - from
+		}
+		s.records += recs
+	}
+	if len(s.segs) == 0 {
+		s.segs = []int64{1}
+		s.readSeg, s.readOff = 1, 0
+	}
+	s.wSeg = s.segs[len(s.segs)-1]
+	w, err := os.OpenFile(s.segPath(s.wSeg), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	st, err := w.Stat()
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s.w, s.wOff = w, st.Size()
+	if err := syncDir(dir); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Spool) segPath(n int64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%s%09d%s", segPrefix, n, segSuffix))
+}
+
+// scan validates segment n, cuts off a torn tail, and returns the length of
+// its valid prefix and its record count.
+func (s *Spool) scan(n int64) (int64, int64, error) {
+	path := s.segPath(n)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, 0, fmt.Errorf("spool: %w", err)
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<20)
+	var off, recs int64
+	for {
+		_, size, err := readRecord(r)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			st, _ := f.Stat()
+			s.Repaired = append(s.Repaired, fmt.Sprintf("%s: %v at offset %d; cut %d bytes", filepath.Base(path), err, off, st.Size()-off))
+			if err := f.Truncate(off); err != nil {
+				return 0, 0, fmt.Errorf("spool: truncate torn tail of %s: %w", path, err)
+			}
+			if err := f.Sync(); err != nil {
+				return 0, 0, fmt.Errorf("spool: %w", err)
+			}
+			break
+		}
+		off += size
+		recs++
+	}
+	return off, recs, nil
+}
+
+func (s *Spool) countFrom(n, from int64) int64 {
+	f, err := os.Open(s.segPath(n))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return 0
+	}
+	r := bufio.NewReaderSize(f, 1<<20)
+	var recs int64
+	for {
+		if _, _, err := readRecord(r); err != nil {
+			return recs
+		}
+		recs++
+	}
+}
+
+var errTorn = errors.New("torn or corrupt record")
+
+// readRecord reads one record; io.EOF at a clean end, errTorn otherwise.
+func readRecord(r *bufio.Reader) (Record, int64, error) {
+	var hdr [headerLen]byte
+	n, err := io.ReadFull(r, hdr[:])
+	if err == io.EOF {
+		return Record{}, 0, io.EOF
+	}
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("%w: short header (%d bytes)", errTorn, n)
+	}
+	size := binary.BigEndian.Uint32(hdr[0:4])
+	sum := binary.BigEndian.Uint32(hdr[4:8])
+	if size == 0 || size > maxRecord {
+		return Record{}, 0, fmt.Errorf("%w: bad length %d", errTorn, size)
+	}
+	payload := make([]byte, size)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return Record{}, 0, fmt.Errorf("%w: short payload", errTorn)
+	}
+	if crc32.Checksum(payload, castagnoli) != sum {
+		return Record{}, 0, fmt.Errorf("%w: checksum mismatch", errTorn)
+	}
+	rec, err := decodePayload(payload)
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("%w: %v", errTorn, err)
+	}
+	return rec, int64(headerLen) + int64(size), nil
+}
+
+func decodePayload(p []byte) (Record, error) {
+	var fields [3]string
+	for i := range fields {
+		if len(p) < 2 {
+			return Record{}, errors.New("truncated field")
+		}
+		n := int(binary.BigEndian.Uint16(p))
+		p = p[2:]
+		if len(p) < n {
+			return Record{}, errors.New("truncated field")
+		}
+		fields[i] = string(p[:n])
+		p = p[n:]
+	}
+	return Record{Subject: fields[0], MsgID: fields[1], Device: fields[2], Data: p}, nil
+}
+
+func appendRecord(dst []byte, r Record) ([]byte, error) {
+	for _, f := range []string{r.Subject, r.MsgID, r.Device} {
+		if len(f) > 0xFFFF {
+			return dst, errors.New("spool: field longer than 64 KiB")
+		}
+	}
+	size := 6 + len(r.Subject) + len(r.MsgID) + len(r.Device) + len(r.Data)
+	if size > maxRecord {
+		return dst, errors.New("spool: record larger than 16 MiB")
+	}
+	start := len(dst)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(size))
+	dst = binary.BigEndian.AppendUint32(dst, 0) // checksum, filled below
+	p := len(dst)
+	for _, f := range []string{r.Subject, r.MsgID, r.Device} {
+		dst = binary.BigEndian.AppendUint16(dst, uint16(len(f)))
+		dst = append(dst, f...)
+	}
+	dst = append(dst, r.Data...)
+	binary.BigEndian.PutUint32(dst[start+4:], crc32.Checksum(dst[p:], castagnoli))
+	return dst, nil
+}
+
+// Append writes recs and fsyncs before returning: when it returns nil the
+// records survive a crash. It fails with ErrFull, writing nothing, when the
+// unreplayed data would exceed the limit.
+func (s *Spool) Append(recs []Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	var buf []byte
+	var err error
+	for _, r := range recs {
+		if buf, err = appendRecord(buf, r); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.maxBytes > 0 && s.bytes+int64(len(buf)) > s.maxBytes {
+		return fmt.Errorf("%w: %d of %d bytes used", ErrFull, s.bytes, s.maxBytes)
+	}
+	if s.wOff > 0 && s.wOff+int64(len(buf)) > s.segSize {
+		if err := s.rotate(); err != nil {
+			return err
+		}
+	}
+	if _, err := s.w.Write(buf); err != nil {
+		// A partial write is cut off at the next open; keep the offset
+		// honest by re-reading the size.
+		if st, serr := s.w.Stat(); serr == nil {
+			s.wOff = st.Size()
+		}
+		return fmt.Errorf("spool write: %w", err)
+	}
+	if err := s.w.Sync(); err != nil {
+		return fmt.Errorf("spool fsync: %w", err)
+	}
+	s.wOff += int64(len(buf))
+	s.bytes += int64(len(buf))
+	s.records += int64(len(recs))
+	s.cond.Broadcast()
+	return nil
+}
+
+func (s *Spool) rotate() error {
+	if err := s.w.Close(); err != nil {
+		return fmt.Errorf("spool: close segment: %w", err)
+	}
+	next := s.wSeg + 1
+	w, err := os.OpenFile(s.segPath(next), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("spool: new segment: %w", err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		w.Close()
+		return err
+	}
+	s.w, s.wSeg, s.wOff = w, next, 0
+	s.segs = append(s.segs, next)
+	return nil
+}
+
+// Stats reports the unreplayed records and bytes.
+func (s *Spool) Stats() (records, bytes int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.records, s.bytes
+}
+
+// Empty reports whether every record has been replayed.
+func (s *Spool) Empty() bool {
+	r, _ := s.Stats()
+	return r == 0
+}
+
+// Close closes the spool; unreplayed records stay on disk for the next Open.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.cond.Broadcast()
+	return s.w.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("spool: fsync dir: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,196 @@
+package bridge_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
+)
+
+func postTo(t *testing.T, base, body string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(base+"/webhook/ubiqo", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	_ = json.Unmarshal(raw, &m)
+	return resp.StatusCode, m
+}
+
+func runServer(t *testing.T, srv *bridge.Server) (string, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	stop := func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	return waitListening(t, srv), stop
+}
+
+func waitStreamMsgs(t *testing.T, st jetstream.Stream, want uint64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := st.Info(context.Background())
+		if err == nil && info.State.Msgs == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			var got uint64
+			if info != nil {
+				got = info.State.Msgs
+			}
+			t.Fatalf("stream holds %d messages, want %d", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// While NATS is down the bridge answers 202 and keeps the coordinates on
+// disk; when NATS returns they reach the stream, in order, with the message
+// ids they would have had, and re-sending them is recognised as duplicates.
+func TestSpoolWhileNATSDownThenReplay(t *testing.T) {
+	e := newEnv(t, nil)
+	sp, err := spool.Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	srv := e.newServer(t, sp, nil)
+	base, stop := runServer(t, srv)
+	defer stop()
+	waitReady(t, base, true)
+
+	e.nats.Stop()
+	waitReady(t, base, false)
+	const n = 40
+	bodies := make([]string, n)
+	for i := range bodies {
+		bodies[i] = fmt.Sprintf(`{"device_id":"dev-%d","lat":%d.5,"lon":-99,"ts":%d}`, i%4, i%80, 1772359200+i)
+		code, ans := postTo(t, base, bodies[i])
+		if code != http.StatusAccepted || ans["spooled"] != float64(1) || ans["accepted"] != float64(0) {
+			t.Fatalf("post %d while NATS down: %d %v", i, code, ans)
+		}
+	}
+	if recs, _ := sp.Stats(); recs != n {
+		t.Fatalf("spool holds %d, want %d", recs, n)
+	}
+
+	e.nats = e.nats.Restart(t)
+	waitReady(t, base, true)
+	waitStreamMsgs(t, e.stream, n)
+	deadline := time.Now().Add(10 * time.Second)
+	for !sp.Empty() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !sp.Empty() {
+		t.Fatal("spool not drained")
+	}
+	// In arrival order per device, with the ids a direct publish would give.
+	cons, err := e.stream.OrderedConsumer(context.Background(), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := 0
+	for m := range batch.Messages() {
+		var c coord.Coord
+		if err := json.Unmarshal(m.Data(), &c); err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("dev-%d", i%4); c.DeviceID != want || c.TS.Unix() != int64(1772359200+i) {
+			t.Fatalf("message %d: %s at %v, want %s at %d", i, c.DeviceID, c.TS, want, 1772359200+i)
+		}
+		if m.Headers().Get("Nats-Msg-Id") != c.MsgID() {
+			t.Fatalf("message %d lost its id", i)
+		}
+		i++
+	}
+	if i != n {
+		t.Fatalf("read %d messages", i)
+	}
+	t.Logf("spooled %d coordinates while NATS was down; all %d replayed in order", n, i)
+	code, ans := postTo(t, base, bodies[7])
+	if code != 200 || ans["duplicates"] != float64(1) {
+		t.Fatalf("re-sent spooled coordinate: %d %v", code, ans)
+	}
+}
+
+// A spool written by one bridge process is replayed by the next.
+func TestSpoolReplayedAfterRestart(t *testing.T) {
+	e := newEnv(t, nil)
+	dir := t.TempDir()
+	sp, err := spool.Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := e.newServer(t, sp, nil)
+	base, stop := runServer(t, srv)
+	waitReady(t, base, true)
+	e.nats.Stop()
+	waitReady(t, base, false)
+	for i := 0; i < 10; i++ {
+		if code, _ := postTo(t, base, fmt.Sprintf(`{"device_id":"r","lat":1,"lon":%d,"ts":%d}`, i, 1772359200+i)); code != 202 {
+			t.Fatalf("code %d", code)
+		}
+	}
+	stop()
+	sp.Close()
+
+	e.nats = e.nats.Restart(t)
+	sp2, err := spool.Open(dir, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp2.Close()
+	if n, _ := sp2.Stats(); n != 10 {
+		t.Fatalf("reopened spool holds %d", n)
+	}
+	srv2 := e.newServer(t, sp2, nil)
+	_, stop2 := runServer(t, srv2)
+	defer stop2()
+	waitStreamMsgs(t, e.stream, 10)
+}
+
+func TestSpoolFullAnswers503(t *testing.T) {
+	e := newEnv(t, nil)
+	sp, err := spool.Open(t.TempDir(), 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	srv := e.newServer(t, sp, nil)
+	base, stop := runServer(t, srv)
+	defer stop()
+	waitReady(t, base, true)
+	e.nats.Stop()
+	waitReady(t, base, false)
+	var codes []int
+	for i := 0; i < 6; i++ {
+		code, _ := postTo(t, base, fmt.Sprintf(`{"device_id":"f","lat":1,"lon":%d}`, i))
+		codes = append(codes, code)
+	}
+	if codes[0] != 202 || codes[len(codes)-1] != 503 {
+		t.Fatalf("codes %v: want 202 first and 503 once the spool is full", codes)
+	}
+}
