@@ -80,31 +80,43 @@ func (s *Server) handleIngest(c echo.Context) error {
 	}
 
 	recs := s.pub.Records(batch.Coords)
-	if s.spool != nil && !s.spool.Empty() {
-		// Older coordinates still wait in the spool: queue behind them, so
-		// each device's coordinates reach the stream in arrival order.
-		return s.answerSpooled(c, recs, PublishResult{}, batch.Rejected, rejected)
-	}
 	if !s.nc.IsConnected() {
 		// Don't wait out a publish timeout when NATS is known to be away.
 		return s.answerSpooled(c, recs, PublishResult{}, batch.Rejected, rejected)
+	}
+	// A device whose older coordinates still wait in the spool queues its
+	// new ones behind them, so each device reaches the stream in order.
+	var queued []spool.Record
+	if s.spool != nil && !s.spool.Empty() {
+		direct := recs[:0:0]
+		for _, r := range recs {
+			if s.spool.Holds(r.Device) {
+				queued = append(queued, r)
+			} else {
+				direct = append(direct, r)
+			}
+		}
+		recs = direct
 	}
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout)
 	defer cancel()
 	start := time.Now()
 	res, err := s.pub.Publish(ctx, recs)
-	s.metrics.publish.Observe(time.Since(start).Seconds())
+	if len(recs) > 0 {
+		s.metrics.publish.Observe(time.Since(start).Seconds())
+	}
 	s.metrics.accepted.Add(float64(res.Stored))
 	s.metrics.duplicate.Add(float64(res.Duplicates))
 	if err != nil {
 		s.log.Warn().Err(err).Str("request_id", requestID(c)).Int("coordinates", len(recs)).
 			Int("stored", res.Stored+res.Duplicates).Int("not_stored", len(res.Failed)).Msg("JetStream did not store every coordinate")
-		failed := make([]spool.Record, len(res.Failed))
-		for i, idx := range res.Failed {
-			failed[i] = recs[idx]
+		for _, idx := range res.Failed {
+			queued = append(queued, recs[idx])
 		}
-		return s.answerSpooled(c, failed, res, batch.Rejected, rejected)
+	}
+	if len(queued) > 0 {
+		return s.answerSpooled(c, queued, res, batch.Rejected, rejected)
 	}
 	setCounts(c, res.Stored, res.Duplicates, 0, len(batch.Rejected))
 	return c.JSON(http.StatusOK, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Rejected: rejected})
@@ -150,7 +162,7 @@ func (s *Server) replaySpool(ctx context.Context) {
 				cancel()
 				err = perr
 				if err == nil {
-					err = s.spool.Commit(pos, len(recs))
+					err = s.spool.Commit(pos, recs)
 					s.metrics.replayed.Add(float64(len(recs)))
 					s.metrics.accepted.Add(float64(res.Stored))
 					s.metrics.duplicate.Add(float64(res.Duplicates))

@@ -531,7 +531,7 @@ func (st *itemState) item(top []member, c *Coord) string {
 			if f == fLon {
 				lim = 180
 			}
-			v, why := requiredNumber(p.m, p.name(), lim)
+			v, why := requiredNumber(p, lim)
 			if why != "" {
 				probs = append(probs, why)
 				continue
@@ -758,14 +758,15 @@ func numberText(m *member) (text, why string) {
 }
 
 // requiredNumber reads lat or lon: a finite number in [-lim, lim].
-func requiredNumber(m *member, name string, lim float64) (float64, string) {
+func requiredNumber(p *pick, lim float64) (float64, string) {
+	m := p.m
 	text, why := numberText(m)
 	if why != "" {
-		return 0, name + " " + why
+		return 0, p.name() + " " + why
 	}
 	v, err := parseFloat(text)
 	if err != nil || !(v >= -lim && v <= lim) {
-		return 0, fmt.Sprintf("%s %s out of range [%g, %g]", name, m.describe(), -lim, lim)
+		return 0, fmt.Sprintf("%s %s out of range [%g, %g]", p.name(), m.describe(), -lim, lim)
 	}
 	return v, ""
 }

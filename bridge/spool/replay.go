@@ -98,9 +98,10 @@ func (s *Spool) readFrom(pos Position, limit int64, max int) ([]Record, Position
 	return out, pos, false, nil
 }
 
-// Commit records that everything before pos was replayed: the checkpoint is
-// written durably and finished segments are removed.
-func (s *Spool) Commit(pos Position, records int) error {
+// Commit records that everything before pos, the records Peek returned,
+// was replayed: the checkpoint is written durably and finished segments are
+// removed.
+func (s *Spool) Commit(pos Position, recs []Record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := writeCheckpoint(s.dir, pos); err != nil {
@@ -133,9 +134,16 @@ func (s *Spool) Commit(pos Position, records int) error {
 	if s.bytes < 0 {
 		s.bytes = 0
 	}
-	s.records -= int64(records)
+	s.records -= int64(len(recs))
 	if s.records < 0 {
 		s.records = 0
+	}
+	for _, r := range recs {
+		if s.devices[r.Device] <= 1 {
+			delete(s.devices, r.Device)
+		} else {
+			s.devices[r.Device]--
+		}
 	}
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -60,18 +61,22 @@ type Spool struct {
 	maxBytes int64
 	segSize  int64 // rotate segments past this size
 
-	mu       sync.Mutex
-	cond     *sync.Cond // signalled when records are appended
-	closed   bool
-	segs     []int64 // segment numbers, oldest first
-	w        *os.File
-	wSeg     int64
-	wOff     int64
-	bytes    int64 // bytes on disk not yet replayed
-	records  int64 // records not yet replayed (approximate after a torn tail)
-	readSeg  int64 // checkpoint: next record to replay
-	readOff  int64
-	Repaired []string // what Open cut off, for the caller to log
+	mu          sync.Mutex
+	cond        *sync.Cond // signalled when records are appended
+	closed      bool
+	segs        []int64 // segment numbers, oldest first
+	w           *os.File
+	wSeg        int64
+	wOff        int64
+	bytes       int64            // bytes on disk not yet replayed
+	records     int64            // records not yet replayed
+	devices     map[string]int   // records not yet replayed, by device id
+	queue       []*pendingAppend // appends waiting for the next group commit
+	queuedBytes int64
+	flushing    bool
+	readSeg     int64 // checkpoint: next record to replay
+	readOff     int64
+	Repaired    []string // what Open cut off, for the caller to log
 }
 
 // Open opens (creating if needed) the spool in dir, limited to maxBytes of
@@ -112,20 +117,20 @@ func Open(dir string, maxBytes int64) (*Spool, error) {
 		}
 	}
 	for _, n := range s.segs {
-		good, recs, err := s.scan(n)
+		good, _, err := s.scan(n)
 		if err != nil {
 			return nil, err
 		}
 		from := int64(0)
 		if n == s.readSeg {
 			from = s.readOff
-			recs = s.countFrom(n, from)
 		}
 		if good > from {
 			s.bytes += good - from
 		}
-		s.records += recs
 	}
+	s.devices = map[string]int{}
+	s.countPending()
 	if len(s.segs) == 0 {
 		s.segs = []int64{1}
 		s.readSeg, s.readOff = 1, 0
@@ -182,25 +187,6 @@ func (s *Spool) scan(n int64) (int64, int64, error) {
 		recs++
 	}
 	return off, recs, nil
-}
-
-func (s *Spool) countFrom(n, from int64) int64 {
-	f, err := os.Open(s.segPath(n))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	if _, err := f.Seek(from, io.SeekStart); err != nil {
-		return 0
-	}
-	r := bufio.NewReaderSize(f, 1<<20)
-	var recs int64
-	for {
-		if _, _, err := readRecord(r); err != nil {
-			return recs
-		}
-		recs++
-	}
 }
 
 var errTorn = errors.New("torn or corrupt record")
@@ -277,6 +263,10 @@ func appendRecord(dst []byte, r Record) ([]byte, error) {
 // Append writes recs and fsyncs before returning: when it returns nil the
 // records survive a crash. It fails with ErrFull, writing nothing, when the
 // unreplayed data would exceed the limit.
+//
+// Concurrent appends are committed together (group commit): one goroutine
+// writes and fsyncs everything queued so far while the others wait, so the
+// spool takes many requests per fsync.
 func (s *Spool) Append(recs []Record) error {
 	if len(recs) == 0 {
 		return nil
@@ -288,35 +278,106 @@ func (s *Spool) Append(recs []Record) error {
 			return err
 		}
 	}
+	p := &pendingAppend{buf: buf, records: recs, done: make(chan error, 1)}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return ErrClosed
 	}
-	if s.maxBytes > 0 && s.bytes+int64(len(buf)) > s.maxBytes {
-		return fmt.Errorf("%w: %d of %d bytes used", ErrFull, s.bytes, s.maxBytes)
+	if s.maxBytes > 0 && s.bytes+s.queuedBytes+int64(len(buf)) > s.maxBytes {
+		used := s.bytes + s.queuedBytes
+		s.mu.Unlock()
+		return fmt.Errorf("%w: %d of %d bytes used", ErrFull, used, s.maxBytes)
 	}
-	if s.wOff > 0 && s.wOff+int64(len(buf)) > s.segSize {
-		if err := s.rotate(); err != nil {
-			return err
+	s.queue = append(s.queue, p)
+	s.queuedBytes += int64(len(buf))
+	leader := !s.flushing
+	s.flushing = true
+	s.mu.Unlock()
+	if leader {
+		s.flush()
+	}
+	return <-p.done
+}
+
+type pendingAppend struct {
+	buf     []byte
+	records []Record
+	done    chan error
+}
+
+// flush writes and fsyncs queued appends until the queue is empty. Only one
+// goroutine flushes at a time (s.flushing), so the file has one writer.
+func (s *Spool) flush() {
+	for {
+		s.mu.Lock()
+		group := s.queue
+		s.queue = nil
+		if len(group) == 0 || s.closed {
+			s.flushing = false
+			s.mu.Unlock()
+			for _, p := range group {
+				p.done <- ErrClosed
+			}
+			return
+		}
+		size := 0
+		for _, p := range group {
+			size += len(p.buf)
+		}
+		var err error
+		if s.wOff > 0 && s.wOff+int64(size) > s.segSize {
+			err = s.rotate()
+		}
+		w, off := s.w, s.wOff
+		s.mu.Unlock()
+
+		if err == nil {
+			err = writeAll(w, group, off)
+		}
+
+		s.mu.Lock()
+		for _, p := range group {
+			s.queuedBytes -= int64(len(p.buf))
+			if err == nil {
+				s.records += int64(len(p.records))
+				for _, r := range p.records {
+					s.devices[r.Device]++
+				}
+			}
+		}
+		if err == nil {
+			s.wOff += int64(size)
+			s.bytes += int64(size)
+			s.cond.Broadcast()
+		}
+		s.mu.Unlock()
+		for _, p := range group {
+			p.done <- err
 		}
 	}
-	if _, err := s.w.Write(buf); err != nil {
-		// A partial write is cut off at the next open; keep the offset
-		// honest by re-reading the size.
-		if st, serr := s.w.Stat(); serr == nil {
-			s.wOff = st.Size()
+}
+
+// writeAll appends the group's records at off and fsyncs. On failure it
+// cuts the file back to off, so a partial write never sits in front of
+// later records.
+func writeAll(w *os.File, group []*pendingAppend, off int64) error {
+	bufs := make(net.Buffers, len(group))
+	for i, p := range group {
+		bufs[i] = p.buf
+	}
+	_, err := bufs.WriteTo(w)
+	if err == nil {
+		if err = w.Sync(); err != nil {
+			err = fmt.Errorf("spool fsync: %w", err)
 		}
-		return fmt.Errorf("spool write: %w", err)
+	} else {
+		err = fmt.Errorf("spool write: %w", err)
 	}
-	if err := s.w.Sync(); err != nil {
-		return fmt.Errorf("spool fsync: %w", err)
+	if err != nil {
+		_ = w.Truncate(off)
 	}
-	s.wOff += int64(len(buf))
-	s.bytes += int64(len(buf))
-	s.records += int64(len(recs))
-	s.cond.Broadcast()
-	return nil
+	return err
 }
 
 func (s *Spool) rotate() error {
@@ -342,6 +403,38 @@ func (s *Spool) Stats() (records, bytes int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.records, s.bytes
+}
+
+// Holds reports whether records of device wait in the spool. While they do,
+// the device's new coordinates must queue behind them to keep its order.
+func (s *Spool) Holds(device string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.devices[device] > 0
+}
+
+// countPending counts the unreplayed records, in total and by device.
+func (s *Spool) countPending() {
+	pos := Position{s.readSeg, s.readOff}
+	for _, n := range s.segs {
+		if n < pos.Seg {
+			continue
+		}
+		if n > pos.Seg {
+			pos = Position{n, 0}
+		}
+		for {
+			recs, next, eof, err := s.readFrom(pos, -1, 4096)
+			for _, r := range recs {
+				s.records++
+				s.devices[r.Device]++
+			}
+			pos = next
+			if eof || err != nil || len(recs) == 0 {
+				break
+			}
+		}
+	}
 }
 
 // Empty reports whether every record has been replayed.

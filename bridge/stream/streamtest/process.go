@@ -1,0 +1,213 @@
+package streamtest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// ServerBinary returns the path of a nats-server binary built from the
+// module version this project requires, building it once and caching it
+// under the user cache directory. Fault tests run it as a separate process
+// so they can kill it with SIGKILL.
+func ServerBinary(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		version := "unknown"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, d := range bi.Deps {
+				if d.Path == "github.com/nats-io/nats-server/v2" {
+					version = d.Version
+				}
+			}
+		}
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			cache = os.TempDir()
+		}
+		dir := filepath.Join(cache, "ubiqo-bridge-test")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "nats-server-"+version)
+		if _, err := os.Stat(binPath); err == nil && version != "unknown" {
+			return
+		}
+		tmp := fmt.Sprintf("%s.%d.tmp", binPath, os.Getpid())
+		cmd := exec.Command("go", "build", "-o", tmp, "github.com/nats-io/nats-server/v2")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("build nats-server: %v\n%s", err, out)
+			return
+		}
+		binErr = os.Rename(tmp, binPath)
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// Proc is a nats-server running as a child process.
+type Proc struct {
+	Name        string
+	Port        int
+	ClusterPort int
+	Dir         string
+	conf        string
+	t           testing.TB
+	mu          sync.Mutex
+	cmd         *exec.Cmd
+	exited      chan struct{}
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// StartProc starts a single JetStream server process on a free port with
+// storage in the test's temporary directory; it is killed when the test ends.
+func StartProc(t testing.TB) *Proc {
+	t.Helper()
+	p := &Proc{Name: "single", Port: FreePort(t), Dir: t.TempDir(), t: t}
+	p.conf = filepath.Join(p.Dir, "nats.conf")
+	conf := fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:%d\njetstream { store_dir: %q }\n", p.Name, p.Port, filepath.Join(p.Dir, "js"))
+	if err := os.WriteFile(p.conf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.Start()
+	t.Cleanup(p.Kill)
+	return p
+}
+
+// StartCluster starts an n-node JetStream cluster of processes on loopback.
+func StartCluster(t testing.TB, n int) []*Proc {
+	t.Helper()
+	procs := make([]*Proc, n)
+	var routes []string
+	for i := range procs {
+		procs[i] = &Proc{Name: fmt.Sprintf("n%d", i+1), Port: FreePort(t), ClusterPort: FreePort(t), Dir: t.TempDir(), t: t}
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", procs[i].ClusterPort))
+	}
+	for _, p := range procs {
+		p.conf = filepath.Join(p.Dir, "nats.conf")
+		conf := fmt.Sprintf(`server_name: %s
+listen: 127.0.0.1:%d
+jetstream { store_dir: %q }
+cluster {
+  name: ubiqo-test
+  listen: 127.0.0.1:%d
+  routes: [%s]
+}
+`, p.Name, p.Port, filepath.Join(p.Dir, "js"), p.ClusterPort, strings.Join(routes, ", "))
+		if err := os.WriteFile(p.conf, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range procs {
+		p.startNoWait()
+		t.Cleanup(p.Kill)
+	}
+	for _, p := range procs {
+		p.waitListening(30 * time.Second)
+	}
+	return procs
+}
+
+// URL is the client URL of the process.
+func (p *Proc) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", p.Port) }
+
+// Start (re)starts the process with its configuration and storage and waits
+// until it accepts connections.
+func (p *Proc) Start() {
+	p.startNoWait()
+	p.waitListening(30 * time.Second)
+}
+
+func (p *Proc) startNoWait() {
+	p.t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cmd := exec.Command(ServerBinary(p.t), "-c", p.conf)
+	logf, err := os.OpenFile(filepath.Join(p.Dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("start nats-server %s: %v", p.Name, err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+	p.cmd, p.exited = cmd, exited
+}
+
+func (p *Proc) waitListening(timeout time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		nc, err := nats.Connect(p.URL(), nats.Timeout(500*time.Millisecond))
+		if err == nil {
+			nc.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(p.Dir, "server.log"))
+			p.t.Fatalf("nats-server %s not accepting connections: %v\n%s", p.Name, err, tail(log, 2000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill stops the process with SIGKILL, as a crash or an OOM kill would, and
+// waits for it to be gone.
+func (p *Proc) Kill() {
+	p.mu.Lock()
+	cmd, exited := p.cmd, p.exited
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-exited
+}
+
+// Running reports whether the process is up.
+func (p *Proc) Running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd != nil
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
