@@ -2,12 +2,15 @@ package bridge
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,12 +56,8 @@ func (s *Server) handleIngest(c echo.Context) error {
 		}
 	}()
 	if r.Body != nil && r.Body != http.NoBody {
-		if _, err := buf.ReadFrom(http.MaxBytesReader(c.Response(), r.Body, s.opts.MaxBodyBytes)); err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				return s.tooLarge()
-			}
-			return echo.NewHTTPError(http.StatusBadRequest, "reading request body: "+err.Error())
+		if err := s.readBody(c, buf); err != nil {
+			return err
 		}
 	}
 
@@ -192,6 +191,60 @@ func (s *Server) replaySpool(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// readBody reads the request body into buf, at most http.max_body_bytes
+// (after decompression when Content-Encoding is gzip).
+func (s *Server) readBody(c echo.Context, buf *bytes.Buffer) error {
+	r := c.Request()
+	var body io.Reader = http.MaxBytesReader(c.Response(), r.Body, s.opts.MaxBodyBytes)
+	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get(echo.HeaderContentEncoding))); enc {
+	case "", "identity":
+	case "gzip", "x-gzip":
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			return echo.NewHTTPError(http.StatusBadRequest, "invalid gzip body: "+err.Error())
+		}
+		defer zr.Close()
+		// The limit applies to what the body inflates to, too.
+		body = &limitedReader{r: zr, n: s.opts.MaxBodyBytes}
+	default:
+		return echo.NewHTTPError(http.StatusUnsupportedMediaType, "Content-Encoding "+enc+" is not supported; send identity or gzip")
+	}
+	if _, err := buf.ReadFrom(body); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe) || errors.Is(err, errInflatedTooLarge):
+			return s.tooLarge()
+		case r.Header.Get(echo.HeaderContentEncoding) != "":
+			return echo.NewHTTPError(http.StatusBadRequest, "invalid gzip body: "+err.Error())
+		}
+		return echo.NewHTTPError(http.StatusBadRequest, "reading request body: "+err.Error())
+	}
+	return nil
+}
+
+var errInflatedTooLarge = errors.New("inflated body too large")
+
+// limitedReader fails once more than n bytes were read.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return 0, errInflatedTooLarge
+	}
+	if int64(len(p)) > l.n+1 {
+		p = p[:l.n+1]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	if l.n < 0 {
+		return n, errInflatedTooLarge
+	}
+	return n, err
 }
 
 func (s *Server) tooLarge() error {
