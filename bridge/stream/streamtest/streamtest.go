@@ -22,6 +22,12 @@ type Server struct {
 // when the test ends.
 func Run(t testing.TB) *Server {
 	t.Helper()
+	return RunWith(t, nil)
+}
+
+// RunWith is Run with the server options adjusted by mod (auth, TLS).
+func RunWith(t testing.TB, mod func(*server.Options)) *Server {
+	t.Helper()
 	opts := &server.Options{
 		ServerName: "test",
 		Host:       "127.0.0.1",
@@ -31,6 +37,9 @@ func Run(t testing.TB) *Server {
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: 8 << 20,
+	}
+	if mod != nil {
+		mod(opts)
 	}
 	s := start(t, opts)
 	// Pin the port so Restart comes back where clients expect it.
