@@ -8,7 +8,7 @@ BINARIES := bridge persister alerter forwarder simulator
 FUZZTIME_SHORT ?= 5s
 FUZZTIME ?= 2m
 
-.PHONY: help run build test test-unit fuzz-short fuzz bench lint tools clean
+.PHONY: help run build test test-unit fuzz-short fuzz bench bench-micro bench-bridge lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,8 +39,15 @@ fuzz-short: ## run each fuzz target briefly
 fuzz: ## fuzz every target for FUZZTIME each
 	$(MAKE) fuzz-short FUZZTIME_SHORT=$(FUZZTIME)
 
-bench: ## run the benchmarks and load runs
-	$(GO) test -run '^$$' -bench . -benchmem ./bridge/coord/
+BENCH_DURATION ?= 10s
+
+bench: bench-micro bench-bridge ## run every benchmark and load run (several minutes)
+
+bench-micro: ## Go microbenchmarks of the hot paths
+	$(GO) test -run '^$$' -bench . -benchmem ./bridge/coord/ ./bridge/spool/
+
+bench-bridge: ## bare HTTP vs naive bridge vs ubiqo-bridge vs nats bench, one table (bench/results.md)
+	$(GO) run ./bench/bridge -duration $(BENCH_DURATION)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -26,6 +26,9 @@ type Config struct {
 	Consumer Consumer `mapstructure:"consumer"`
 	Forward  Forward  `mapstructure:"forward"`
 	Alert    Alert    `mapstructure:"alert"`
+
+	// Simulator configures cmd/simulator, in a file of its own (simulator.go).
+	Simulator SimulatorConfig `mapstructure:"simulator"`
 }
 
 // HTTP configures the HTTP listener.

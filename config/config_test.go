@@ -263,4 +263,5 @@ func TestBridgeExampleFile(t *testing.T) {
 		if !strings.Contains(string(raw), "\n  "+leaf+":") && !strings.Contains(string(raw), "\n    "+leaf+":") {
 			t.Errorf("example lacks key %s", k.Name)
 		}
-	}}
+	}
+}
