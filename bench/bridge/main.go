@@ -36,6 +36,7 @@ import (
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bench/load"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 )
 
 type options struct {
@@ -89,7 +90,7 @@ func run(ctx context.Context, o options) error {
 	}
 	natsCLI := o.natsCLI
 	if natsCLI == "" {
-		if natsCLI, err = installNATSCLI(); err != nil {
+		if natsCLI, err = streamtest.InstallNATSCLI(); err != nil {
 			return err
 		}
 	}
@@ -349,26 +350,6 @@ func gobuild(dir string, pkgs ...string) error {
 		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	return nil
-}
-
-// installNATSCLI installs natscli v0.5.0 into the user cache once.
-func installNATSCLI() (string, error) {
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	dir := filepath.Join(cache, "ubiqo-bridge-test", "natscli-v0.5.0")
-	bin := filepath.Join(dir, "nats")
-	if _, err := os.Stat(bin); err == nil {
-		return bin, nil
-	}
-	logf("installing natscli v0.5.0 into %s", dir)
-	cmd := exec.Command("go", "install", "github.com/nats-io/natscli/nats@v0.5.0")
-	cmd.Env = append(os.Environ(), "GOBIN="+dir, "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("install natscli: %v\n%s", err, out)
-	}
-	return bin, nil
 }
 
 func freePort() int {
