@@ -8,7 +8,7 @@ BINARIES := bridge persister alerter forwarder simulator
 FUZZTIME_SHORT ?= 5s
 FUZZTIME ?= 2m
 
-.PHONY: help run build test test-unit fuzz-short fuzz bench bench-micro bench-bridge lint clean
+.PHONY: help run build test test-unit fuzz-short fuzz bench bench-micro bench-bridge bench-persist bench-forward bench-alert lint demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,10 +41,19 @@ fuzz: ## fuzz every target for FUZZTIME each
 
 BENCH_DURATION ?= 10s
 
-bench: bench-micro bench-bridge ## run every benchmark and load run (several minutes)
+bench: bench-micro bench-bridge bench-persist bench-forward bench-alert ## run every benchmark and load run (several minutes)
 
 bench-micro: ## Go microbenchmarks of the hot paths
-	$(GO) test -run '^$$' -bench . -benchmem ./bridge/coord/ ./bridge/spool/
+	$(GO) test -run '^$$' -bench . -benchmem ./bridge/coord/ ./bridge/spool/ ./subscribers/alert/
+
+bench-persist: ## drain a 1,000,000-coordinate backlog into SQLite (and PostgreSQL with UBIQO_TEST_POSTGRES_DSN)
+	$(GO) run ./bench/persist
+
+bench-forward: ## forwards per second to a local keep-alive sink, per-device order checked
+	$(GO) run ./bench/forward
+
+bench-alert: ## fixes per second through 1,000 circles and 100 polygons for 10,000 devices
+	$(GO) run ./bench/alert
 
 bench-bridge: ## bare HTTP vs naive bridge vs ubiqo-bridge vs nats bench, one table (bench/results.md)
 	$(GO) run ./bench/bridge -duration $(BENCH_DURATION)
@@ -52,6 +61,9 @@ bench-bridge: ## bare HTTP vs naive bridge vs ubiqo-bridge vs nats bench, one ta
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+demo: ## the whole system on this machine: bridge, persister, alerter, forwarder, simulator (Ctrl-C for the summary)
+	$(GO) run ./cmd/internal/demo $(DEMO_FLAGS)
 
 clean: ## remove build output and local data
 	rm -rf bin data

@@ -13,7 +13,6 @@ type Alert struct {
 	// RulesFile is the YAML rule file (format: subscribers/alert/README-alerter.md).
 	RulesFile    string        `mapstructure:"rules_file"`
 	ScanInterval time.Duration `mapstructure:"scan_interval"`
-	Workers      int           `mapstructure:"workers"`
 	Timeout      time.Duration `mapstructure:"timeout"`
 	LogAlerts    bool          `mapstructure:"log_alerts"`
 	// WebhookURL and SlackURL usually carry a token: secrets.
@@ -36,7 +35,6 @@ func init() {
 	Keys = append(Keys, []Key{
 		{Name: "alert.rules_file", Default: "./alert-rules.yaml", Usage: "YAML rule file: geofences, overspeed, offline, battery, panic, jump", Only: only},
 		{Name: "alert.scan_interval", Default: 30 * time.Second, Usage: "how often devices are checked for offline rules (an alert comes at most this late)", Only: only},
-		{Name: "alert.workers", Default: 32, Usage: "devices of a batch handled at once", Only: only},
 		{Name: "alert.timeout", Default: 5 * time.Second, Usage: "longest wait for a DEVICES read or write or an ALERTS publish", Only: only},
 		{Name: "alert.log_alerts", Default: true, Usage: "log every new alert at info level (the log notifier)", Only: only},
 		{Name: "alert.webhook_url", Default: "", Usage: "POST every alert as JSON here; empty = off", Secret: true, Only: only},
@@ -63,7 +61,6 @@ func validateAlert(c *Config, b Binary) []error {
 		v.bad("alert.rules_file", a.RulesFile, "must name the rule file")
 	}
 	v.duration("alert.scan_interval", a.ScanInterval)
-	v.positive("alert.workers", int64(a.Workers))
 	v.duration("alert.timeout", a.Timeout)
 	for _, k := range []struct{ name, val string }{{"alert.webhook_url", a.WebhookURL}, {"alert.slack_url", a.SlackURL}} {
 		if k.val == "" {

@@ -317,43 +317,28 @@ func DecodeSigningSecret(s string) ([]byte, error) {
 	return key, nil
 }
 
-// Redacted returns a copy of t fit for logs and printing: header values,
-// the signing secret and URL credentials replaced.
-func (t ForwardTarget) Redacted() ForwardTarget {
-	r := t
-	r.URL = RedactURL(t.URL)
-	if len(t.Headers) > 0 {
-		r.Headers = make(map[string]string, len(t.Headers))
-		for k := range t.Headers {
-			r.Headers[k] = masked
-		}
-	}
-	if t.SigningSecret != "" {
-		r.SigningSecret = masked
-	}
-	return r
-}
-
-// RedactURL hides the password of URL userinfo and the values of query
-// parameters (which often carry tokens), keeping where the URL points.
+// RedactURL hides the password of URL userinfo (or the user, which may be
+// a token) and the values of query parameters (which often carry tokens),
+// keeping where the URL points.
 func RedactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
 		return "(unparseable URL)"
 	}
+	const x = "xxxxx"
 	if u.User != nil {
 		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), masked)
+			u.User = url.UserPassword(u.User.Username(), x)
 		} else {
-			u.User = url.User(masked) // https://TOKEN@host: the user is the secret
+			u.User = url.User(x)
 		}
 	}
 	if u.RawQuery != "" {
 		q := u.Query()
 		for k := range q {
-			q[k] = []string{masked}
+			q[k] = []string{x}
 		}
-		u.RawQuery = strings.ReplaceAll(q.Encode(), url.QueryEscape(masked), masked)
+		u.RawQuery = q.Encode()
 	}
 	return u.String()
 }
