@@ -204,6 +204,13 @@ func streamIDs(t *testing.T, url string, want int) map[string]int {
 
 func checkExactlyOnce(t *testing.T, res *loadResult, ids map[string]int) {
 	t.Helper()
+	checkOnce(t, "stream", res, ids)
+}
+
+// checkOnce checks that every coordinate answered 2xx appears exactly once
+// in where (the stream, or the database).
+func checkOnce(t *testing.T, where string, res *loadResult, ids map[string]int) {
+	t.Helper()
 	missing, dups := 0, 0
 	for id := range res.ok {
 		if ids[id] == 0 {
@@ -215,10 +222,10 @@ func checkExactlyOnce(t *testing.T, res *loadResult, ids map[string]int) {
 			dups++
 		}
 	}
-	t.Logf("answered %v (transport errors %d); %d coordinates got 2xx; stream holds %d distinct ids; missing %d, duplicated %d",
-		res.codes, res.errs, len(res.ok), len(ids), missing, dups)
+	t.Logf("answered %v (transport errors %d); %d coordinates got 2xx; %s holds %d distinct ids; missing %d, duplicated %d",
+		res.codes, res.errs, len(res.ok), where, len(ids), missing, dups)
 	if missing > 0 || dups > 0 {
-		t.Fatalf("guarantee broken: %d acknowledged coordinates missing, %d stored twice", missing, dups)
+		t.Fatalf("guarantee broken in the %s: %d acknowledged coordinates missing, %d stored twice", where, missing, dups)
 	}
 }
 
@@ -230,6 +237,7 @@ func TestFaultNATSKilledTwiceUnderLoad(t *testing.T) {
 	}
 	proc := streamtest.StartProc(t)
 	b := startBridge(t, proc.URL(), t.TempDir())
+	pers := startPersister(t, proc.URL())
 	fx := fixes(20000)
 	const rate = 2000 // 10 s of load
 	var once [4]sync.Once
@@ -254,6 +262,7 @@ func TestFaultNATSKilledTwiceUnderLoad(t *testing.T) {
 		t.Errorf("no request was spooled: the kills did not happen under load? %v", res.codes)
 	}
 	checkExactlyOnce(t, res, ids)
+	checkOnce(t, "database", res, pers.rows(t, len(ids)))
 }
 
 // SIGTERM (context cancel, as cli.Main does on the signal) under load:
@@ -301,6 +310,7 @@ func TestFaultClusterNodeKilled(t *testing.T) {
 	url := strings.Join(urls, ",")
 	waitClusterReady(t, url)
 	b := startBridge(t, url, t.TempDir(), "--stream.replicas", "3")
+	pers := startPersister(t, url)
 	fx := fixes(8000)
 	var once [2]sync.Once
 	victim := procs[0]
@@ -321,6 +331,7 @@ func TestFaultClusterNodeKilled(t *testing.T) {
 		t.Errorf("the bridge did not keep working through the node loss: %v", res.codes)
 	}
 	checkExactlyOnce(t, res, ids)
+	checkOnce(t, "database", res, pers.rows(t, len(ids)))
 }
 
 // waitClusterReady waits until the cluster has elected a meta leader and
