@@ -10,7 +10,7 @@ import (
 // Alert configures the alerter. Its keys are appended to Keys in init and
 // its checks to extraValidators, so this file is the whole section.
 type Alert struct {
-	// RulesFile is the YAML rule file (format: subscribers/alert/README-alerter.md).
+	// RulesFile is the YAML rule file (format: docs/alerter.md).
 	RulesFile    string        `mapstructure:"rules_file"`
 	ScanInterval time.Duration `mapstructure:"scan_interval"`
 	Timeout      time.Duration `mapstructure:"timeout"`

@@ -466,7 +466,7 @@ func TestEmittedMarksAreBounded(t *testing.T) {
 	}
 }
 
-// The example rule file of README-alerter.md.
+// The example rule file of docs/alerter.md.
 func TestExampleRuleFile(t *testing.T) {
 	rs, err := LoadRules("testdata/depot-queretaro.yaml")
 	if err != nil {
