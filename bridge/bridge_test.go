@@ -75,7 +75,7 @@ func newEnv(t *testing.T, mod func(*bridge.Options)) *env {
 		Addr:           "127.0.0.1:0",
 		MaxBodyBytes:   1 << 20,
 		MaxBatch:       1000,
-		RequestTimeout: 3 * time.Second,
+		PublishTimeout: 2 * time.Second,
 		Stream:         coordsCfg(),
 		ManageStream:   true,
 		AccessLog:      "all",

@@ -98,10 +98,11 @@ func (s *Server) handleIngest(c echo.Context) error {
 		recs = direct
 	}
 
-	ctx, cancel := context.WithTimeout(r.Context(), s.opts.RequestTimeout)
-	defer cancel()
+	// Each ack wait is bounded by nats.publish_timeout (set on the
+	// JetStream context); the request's context ends it early if the
+	// caller goes away.
 	start := time.Now()
-	res, err := s.pub.Publish(ctx, recs)
+	res, err := s.pub.Publish(r.Context(), recs)
 	if len(recs) > 0 {
 		s.metrics.publish.Observe(time.Since(start).Seconds())
 	}
@@ -118,7 +119,26 @@ func (s *Server) handleIngest(c echo.Context) error {
 		return s.answerSpooled(c, queued, res, batch.Rejected, rejected)
 	}
 	setCounts(c, res.Stored, res.Duplicates, 0, len(batch.Rejected))
-	return c.JSON(http.StatusOK, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Rejected: rejected})
+	return writeIngest(c, http.StatusOK, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Rejected: rejected})
+}
+
+// writeIngest answers with r; the common answer without rejections is
+// written without reflection.
+func writeIngest(c echo.Context, code int, r ingestResponse) error {
+	if len(r.Rejected) > 0 {
+		return c.JSON(code, r)
+	}
+	b := make([]byte, 0, 96)
+	b = append(b, `{"accepted":`...)
+	b = strconv.AppendInt(b, int64(r.Accepted), 10)
+	b = append(b, `,"duplicates":`...)
+	b = strconv.AppendInt(b, int64(r.Duplicates), 10)
+	if r.Spooled > 0 {
+		b = append(b, `,"spooled":`...)
+		b = strconv.AppendInt(b, int64(r.Spooled), 10)
+	}
+	b = append(b, `,"rejected":[]}`...)
+	return c.JSONBlob(code, b)
 }
 
 // answerSpooled writes the coordinates JetStream did not take to the spool
@@ -137,7 +157,7 @@ func (s *Server) answerSpooled(c echo.Context, recs []spool.Record, res PublishR
 	}
 	s.metrics.spooled.Add(float64(len(recs)))
 	setCounts(c, res.Stored, res.Duplicates, len(recs), len(rej))
-	return c.JSON(http.StatusAccepted, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Spooled: len(recs), Rejected: rejected})
+	return writeIngest(c, http.StatusAccepted, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Spooled: len(recs), Rejected: rejected})
 }
 
 func (s *Server) unavailable(c echo.Context, msg string) error {
@@ -156,7 +176,7 @@ func (s *Server) replaySpool(ctx context.Context) {
 		if ok, _ := s.Ready(); (ok || s.draining.Load() && s.nc.IsConnected() && s.streamOK.Load()) && !s.spool.Empty() {
 			recs, pos, err := s.spool.Peek(batch)
 			if err == nil && len(recs) > 0 {
-				pctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+				pctx, cancel := context.WithTimeout(ctx, s.opts.PublishTimeout+time.Second)
 				res, perr := s.pub.Publish(pctx, recs)
 				cancel()
 				err = perr

@@ -31,13 +31,12 @@ type asyncPublisher interface {
 type Publisher struct {
 	js     asyncPublisher
 	prefix string
-	stream string
 	pool   sync.Pool // *pubBatch
 }
 
-// NewPublisher returns a publisher for stream on subjects prefix.<token>.
-func NewPublisher(js asyncPublisher, stream, prefix string) *Publisher {
-	return &Publisher{js: js, prefix: prefix, stream: stream}
+// NewPublisher returns a publisher on subjects prefix.<token>.
+func NewPublisher(js asyncPublisher, prefix string) *Publisher {
+	return &Publisher{js: js, prefix: prefix}
 }
 
 // PublishResult counts what JetStream said of a batch.
@@ -118,10 +117,9 @@ func (p *Publisher) Publish(ctx context.Context, recs []spool.Record) (PublishRe
 		m.Subject = r.Subject
 		m.Data = r.Data
 		m.Header = nats.Header{
-			jetstream.MsgIDHeader:          []string{r.MsgID},
-			jetstream.ExpectedStreamHeader: []string{p.stream},
-			"Ubiqo-Device":                 []string{r.Device},
-			"Content-Type":                 []string{"application/json"},
+			jetstream.MsgIDHeader: []string{r.MsgID},
+			"Ubiqo-Device":        []string{r.Device},
+			"Content-Type":        []string{"application/json"},
 		}
 		f, err := p.js.PublishMsgAsync(m)
 		if err != nil {

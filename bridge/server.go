@@ -38,11 +38,14 @@ type Options struct {
 	WriteTimeout      time.Duration
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
-	RequestTimeout    time.Duration // longest wait for JetStream acks
-	TLSCert, TLSKey   string
-	Pprof             bool
-	MaxInFlight       int      // concurrent ingest requests; more answer 429
-	AllowIPs          []string // client IPs/CIDRs allowed on the ingest path; empty = any
+	// PublishTimeout bounds the wait for a JetStream ack; the JetStream
+	// context enforces it per message (jetstream.WithPublishAsyncTimeout),
+	// this copy bounds spool replays.
+	PublishTimeout  time.Duration
+	TLSCert, TLSKey string
+	Pprof           bool
+	MaxInFlight     int      // concurrent ingest requests; more answer 429
+	AllowIPs        []string // client IPs/CIDRs allowed on the ingest path; empty = any
 
 	Tokens        []string
 	BasicUser     string
@@ -118,7 +121,7 @@ func New(opts Options, deps Deps) (*Server, error) {
 		nc:      deps.Conn,
 		js:      deps.JS,
 		dec:     dec,
-		pub:     NewPublisher(deps.JS, opts.Stream.Name, opts.Stream.SubjectPrefix),
+		pub:     NewPublisher(deps.JS, opts.Stream.SubjectPrefix),
 		reg:     reg,
 		metrics: newMetrics(reg),
 		auth:    newAuthenticator(opts.Tokens, opts.BasicUser, opts.BasicPassword),
@@ -141,7 +144,7 @@ func setDefaults(o *Options) {
 	def(&o.WriteTimeout, 30*time.Second)
 	def(&o.IdleTimeout, 120*time.Second)
 	def(&o.ShutdownTimeout, 20*time.Second)
-	def(&o.RequestTimeout, 10*time.Second)
+	def(&o.PublishTimeout, 5*time.Second)
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 1 << 20
 	}

@@ -42,7 +42,6 @@ type HTTP struct {
 	WriteTimeout      time.Duration `mapstructure:"write_timeout"`
 	IdleTimeout       time.Duration `mapstructure:"idle_timeout"`
 	ShutdownTimeout   time.Duration `mapstructure:"shutdown_timeout"`
-	RequestTimeout    time.Duration `mapstructure:"request_timeout"`
 	TLSCert           string        `mapstructure:"tls_cert"`
 	TLSKey            string        `mapstructure:"tls_key"`
 	MaxInFlight       int           `mapstructure:"max_in_flight"`

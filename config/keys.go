@@ -62,7 +62,6 @@ var Keys = []Key{
 	{Name: "http.write_timeout", Default: 30 * time.Second, Usage: "time allowed to write a response", Only: bins(Bridge)},
 	{Name: "http.idle_timeout", Default: 120 * time.Second, Usage: "keep-alive idle timeout", Only: bins(Bridge)},
 	{Name: "http.shutdown_timeout", Default: 20 * time.Second, Usage: "grace period for in-flight requests on shutdown"},
-	{Name: "http.request_timeout", Default: 10 * time.Second, Usage: "longest a request may wait for JetStream acks before 503", Only: bins(Bridge)},
 	{Name: "http.tls_cert", Default: "", Usage: "PEM certificate file; with http.tls_key serves HTTPS", Only: bins(Bridge)},
 	{Name: "http.tls_key", Default: "", Usage: "PEM private key file for http.tls_cert", Only: bins(Bridge)},
 	{Name: "http.max_in_flight", Default: 1024, Usage: "most requests served at once; more answer 429 with Retry-After", Only: bins(Bridge)},

@@ -29,7 +29,6 @@ func (c *Config) Validate(b Binary) error {
 		v.duration("http.read_timeout", c.HTTP.ReadTimeout)
 		v.duration("http.write_timeout", c.HTTP.WriteTimeout)
 		v.duration("http.idle_timeout", c.HTTP.IdleTimeout)
-		v.duration("http.request_timeout", c.HTTP.RequestTimeout)
 		v.pair("http.tls_cert", c.HTTP.TLSCert, "http.tls_key", c.HTTP.TLSKey)
 		v.pair("auth.basic_user", c.Auth.BasicUser, "auth.basic_password", c.Auth.BasicPassword)
 		for i, t := range c.Auth.Tokens {

@@ -41,7 +41,6 @@ func startBridge(t *testing.T, natsURL, spoolDir string, extra ...string) *bridg
 		"--spool.dir", spoolDir,
 		"--log.access", "errors",
 		"--nats.publish_timeout", "2s",
-		"--http.request_timeout", "3s",
 	}, extra...)
 	go func() { b.done <- run(ctx, args, io.Discard, b.logs) }()
 	waitReady(t, b.base, b.done)

@@ -112,7 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		WriteTimeout:      cfg.HTTP.WriteTimeout,
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ShutdownTimeout:   cfg.HTTP.ShutdownTimeout,
-		RequestTimeout:    cfg.HTTP.RequestTimeout,
+		PublishTimeout:    cfg.NATS.PublishTimeout,
 		TLSCert:           cfg.HTTP.TLSCert,
 		TLSKey:            cfg.HTTP.TLSKey,
 		Pprof:             cfg.HTTP.Pprof,
