@@ -18,13 +18,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/cmd/internal/cli"
 	"github.com/ubiqo-bridge/ubiqo-bridge/config"
-	"github.com/ubiqo-bridge/ubiqo-bridge/subscribers"
 	"github.com/ubiqo-bridge/ubiqo-bridge/subscribers/alert"
 )
 
@@ -68,35 +66,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info().Str("version", config.Version).Interface("config", l.Masked()).Msg("configuration")
 
-	name := l.NATS.Name
-	if name == "" {
-		name = "alerter"
-	}
-	url := l.NATS.URL
-	if url == "" {
-		url = "nats://" + l.NATS.Embedded.Listen // the bridge's embedded server
-	}
-	nc, err := stream.Connect(stream.ConnConfig{
-		URL: url, User: l.NATS.User, Password: l.NATS.Password, Token: l.NATS.Token, CredsFile: l.NATS.CredsFile,
-		TLSCA: l.NATS.TLSCA, TLSCert: l.NATS.TLSCert, TLSKey: l.NATS.TLSKey,
-		Name: name, ConnectTimeout: l.NATS.ConnectTimeout, WaitConnected: true,
-	}, log)
+	conn := cli.ConnConfig(l.NATS, "ubiqo-alerter")
+	conn.WaitConnected = true
+	nc, err := stream.Connect(conn, log)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		closed := make(chan struct{})
-		nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-		if err := nc.Drain(); err != nil {
-			nc.Close()
-			return
-		}
-		select {
-		case <-closed:
-		case <-time.After(l.HTTP.ShutdownTimeout):
-			nc.Close()
-		}
-	}()
+	defer func() { _ = cli.Drain(nc, l.HTTP.ShutdownTimeout) }()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
@@ -122,29 +98,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // alerterConfig turns the loaded configuration into the alerter's own.
 func alerterConfig(l *config.Loaded, rules *alert.Rules) (alert.Config, error) {
-	dp, err := subscribers.ParseDeliverPolicy(l.Consumer.DeliverPolicy)
+	consumer, err := cli.ConsumerConfig(l.Config, config.Alerter)
 	if err != nil {
-		return alert.Config{}, fmt.Errorf("config: consumer.deliver_policy: %w", err)
+		return alert.Config{}, fmt.Errorf("config: %w", err)
 	}
 	cfg := alert.Config{
-		Rules: rules,
-		Consumer: subscribers.Config{
-			Durable:        l.Consumer.DurableFor(config.Alerter),
-			Stream:         l.Stream.Name,
-			SubjectPrefix:  l.Stream.SubjectPrefix,
-			FilterSubjects: l.Consumer.FilterSubjects,
-			AckWait:        l.Consumer.AckWait,
-			MaxDeliver:     l.Consumer.MaxDeliver,
-			MaxAckPending:  l.Consumer.MaxAckPending,
-			Backoff:        l.Consumer.Backoff,
-			BatchSize:      l.Consumer.BatchSize,
-			BatchWait:      l.Consumer.BatchWait,
-			DeliverPolicy:  dp,
-			StartTime:      l.Consumer.StartAt(),
-			HTTPAddr:       l.HTTP.Addr,
-			DrainTimeout:   l.Consumer.DrainTimeout,
-			LagInterval:    l.Consumer.LagInterval,
-		},
+		Rules:         rules,
+		Consumer:      consumer,
 		ManageStreams: l.Stream.Manage,
 		Replicas:      l.Stream.Replicas,
 		ScanInterval:  l.Alert.ScanInterval,
@@ -161,11 +121,7 @@ func alerterConfig(l *config.Loaded, rules *alert.Rules) (alert.Config, error) {
 		},
 	}
 	if l.Stream.Manage {
-		sc := stream.CoordsConfig{
-			Name: l.Stream.Name, SubjectPrefix: l.Stream.SubjectPrefix, Replicas: l.Stream.Replicas,
-			MaxAge: l.Stream.MaxAge, MaxBytes: l.Stream.MaxBytes, DuplicateWindow: l.Stream.DuplicateWindow,
-			Compression: l.Stream.Compression == "s2", AllowDirect: l.Stream.AllowDirect,
-		}.StreamConfig()
+		sc := cli.CoordsConfig(l.Stream).StreamConfig()
 		cfg.Coords = &sc
 	}
 	return cfg, nil

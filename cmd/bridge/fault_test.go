@@ -151,29 +151,33 @@ func streamIDs(t *testing.T, url string, want int) map[string]int {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
-	st, err := js.Stream(ctx, "COORDS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Wait for the spool to be replayed: the count reaches want or more.
+	// After a node loss the stream's leader may move: API calls can time out
+	// for a while, so retry them.
+	var st jetstream.Stream
+	var info *jetstream.StreamInfo
 	start := time.Now()
 	deadline := start.Add(60 * time.Second)
 	for {
-		info, err := st.Info(ctx)
+		var err error
+		if st == nil {
+			st, err = js.Stream(ctx, "COORDS")
+		}
+		if st != nil {
+			info, err = st.Info(ctx)
+		}
 		if err == nil && int(info.State.Msgs) >= want {
 			break
 		}
 		if time.Now().After(deadline) {
+			if info == nil {
+				t.Fatalf("stream not readable after 60s: %v", err)
+			}
 			t.Logf("stream holds %d messages after 60s, want %d", info.State.Msgs, want)
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("stream reached %d messages %v after the load ended", want, time.Since(start).Round(time.Millisecond))
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	total := int(info.State.Msgs)
 	ids := make(map[string]int, total)
 	// Read everything with an ordered consumer; after a node loss the

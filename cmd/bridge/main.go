@@ -66,15 +66,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info().Str("url", natsURL).Str("store_dir", cfg.NATS.Embedded.StoreDir).Msg("embedded JetStream server running; subscribers and the nats CLI connect here")
 	}
 
-	name := cfg.NATS.Name
-	if name == "" {
-		name = "ubiqo-bridge"
-	}
-	nc, err := stream.Connect(stream.ConnConfig{
-		URL: natsURL, User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token,
-		CredsFile: cfg.NATS.CredsFile, TLSCA: cfg.NATS.TLSCA, TLSCert: cfg.NATS.TLSCert, TLSKey: cfg.NATS.TLSKey,
-		Name: name, ConnectTimeout: cfg.NATS.ConnectTimeout,
-	}, log)
+	conn := cli.ConnConfig(cfg.NATS, "ubiqo-bridge")
+	conn.URL = natsURL
+	nc, err := stream.Connect(conn, log)
 	if err != nil {
 		return err
 	}
@@ -127,7 +121,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			Aliases:   cfg.Ingest.Aliases,
 			MaxFuture: cfg.Ingest.MaxFuture,
 		},
-		Stream:       coordsConfig(cfg.Stream),
+		Stream:       cli.CoordsConfig(cfg.Stream),
 		ManageStream: cfg.Stream.Manage,
 	}, bridge.Deps{Log: log, Conn: nc, JS: js, Spool: sp})
 	if err != nil {
@@ -156,7 +150,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// In-flight requests are done (or timed out); let outstanding acks land,
 	// then drain the connection.
 	flushPending(js, cfg.NATS.PublishTimeout, log)
-	if err := drain(nc, 10*time.Second); err != nil {
+	if err := cli.Drain(nc, 10*time.Second); err != nil {
 		log.Warn().Err(err).Msg("nats drain")
 	}
 	log.Info().Msg("stopped")
@@ -168,36 +162,6 @@ func flushPending(js jetstream.JetStream, timeout time.Duration, log zerolog.Log
 	case <-js.PublishAsyncComplete():
 	case <-time.After(timeout):
 		log.Warn().Int("pending", js.PublishAsyncPending()).Msg("publish acks still pending at shutdown")
-	}
-}
-
-func drain(nc interface {
-	Drain() error
-	IsClosed() bool
-}, timeout time.Duration) error {
-	if err := nc.Drain(); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(timeout)
-	for !nc.IsClosed() {
-		if time.Now().After(deadline) {
-			return errors.New("connection not closed after drain timeout")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return nil
-}
-
-func coordsConfig(s config.Stream) stream.CoordsConfig {
-	return stream.CoordsConfig{
-		Name:            s.Name,
-		SubjectPrefix:   s.SubjectPrefix,
-		Replicas:        s.Replicas,
-		MaxAge:          s.MaxAge,
-		MaxBytes:        s.MaxBytes,
-		DuplicateWindow: s.DuplicateWindow,
-		Compression:     s.Compression == "s2",
-		AllowDirect:     s.AllowDirect,
 	}
 }
 

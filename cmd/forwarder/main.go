@@ -84,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info().Str("addr", a.String()).Msg("serving /healthz /readyz /metrics")
 	}
 	runErr := svc.Run(ctx)
-	if err := drain(nc, 10*time.Second); err != nil {
+	if err := cli.Drain(nc, 10*time.Second); err != nil {
 		log.Warn().Err(err).Msg("nats drain")
 	}
 	log.Info().Msg("stopped")
@@ -163,15 +163,9 @@ func target(t config.ForwardTarget, prefix string) (forward.Target, error) {
 }
 
 func connect(cfg *config.Config, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	name := cfg.NATS.Name
-	if name == "" {
-		name = "ubiqo-forwarder"
-	}
-	nc, err := stream.Connect(stream.ConnConfig{
-		URL: cfg.NATS.URL, User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token,
-		CredsFile: cfg.NATS.CredsFile, TLSCA: cfg.NATS.TLSCA, TLSCert: cfg.NATS.TLSCert, TLSKey: cfg.NATS.TLSKey,
-		Name: name, ConnectTimeout: cfg.NATS.ConnectTimeout, WaitConnected: true,
-	}, log)
+	conn := cli.ConnConfig(cfg.NATS, "ubiqo-forwarder")
+	conn.WaitConnected = true
+	nc, err := stream.Connect(conn, log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -181,20 +175,6 @@ func connect(cfg *config.Config, log zerolog.Logger) (*nats.Conn, jetstream.JetS
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
-}
-
-func drain(nc *nats.Conn, timeout time.Duration) error {
-	if err := nc.Drain(); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(timeout)
-	for !nc.IsClosed() {
-		if time.Now().After(deadline) {
-			return errors.New("connection not closed after drain timeout")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return nil
 }
 
 const redriveUsage = `Usage: forwarder redrive --target NAME [--device ID] [--dry-run] [flags]

@@ -37,23 +37,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// Masked() shows persist.dsn with its password hidden (config.MaskDSN).
 	log.Info().Str("version", config.Version).Interface("config", l.Masked()).Msg("starting")
 
-	consumer, err := consumerConfig(cfg, config.Persister)
+	consumer, err := cli.ConsumerConfig(cfg, config.Persister)
 	if err != nil {
 		return err
 	}
 
-	name := cfg.NATS.Name
-	if name == "" {
-		name = "ubiqo-persister"
-	}
 	// Empty nats.url: the embedded server the bridge runs (nats.DefaultURL,
 	// nats://127.0.0.1:4222). Not reachable yet is not fatal: Connect keeps
 	// trying and the runtime waits for the stream.
-	nc, err := stream.Connect(stream.ConnConfig{
-		URL: cfg.NATS.URL, User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token,
-		CredsFile: cfg.NATS.CredsFile, TLSCA: cfg.NATS.TLSCA, TLSCert: cfg.NATS.TLSCert, TLSKey: cfg.NATS.TLSKey,
-		Name: name, ConnectTimeout: cfg.NATS.ConnectTimeout,
-	}, log)
+	nc, err := stream.Connect(cli.ConnConfig(cfg.NATS, "ubiqo-persister"), log)
 	if err != nil {
 		return err
 	}
@@ -113,28 +105,3 @@ func ensureDLQ(ctx context.Context, js jetstream.JetStream, cfg *config.Config, 
 
 // consumerConfig maps the consumer.* keys (and the stream and http ones the
 // runtime needs) to the runtime's configuration.
-func consumerConfig(cfg *config.Config, b config.Binary) (subscribers.Config, error) {
-	c := cfg.Consumer
-	policy, err := subscribers.ParseDeliverPolicy(c.DeliverPolicy)
-	if err != nil {
-		return subscribers.Config{}, fmt.Errorf("consumer.deliver_policy: %w", err)
-	}
-	return subscribers.Config{
-		Durable:        c.DurableFor(b),
-		Stream:         cfg.Stream.Name,
-		SubjectPrefix:  cfg.Stream.SubjectPrefix,
-		FilterSubjects: c.FilterSubjects,
-		AckWait:        c.AckWait,
-		MaxDeliver:     c.MaxDeliver,
-		MaxAckPending:  c.MaxAckPending,
-		Backoff:        c.Backoff,
-		BatchSize:      c.BatchSize,
-		BatchWait:      c.BatchWait,
-		DeliverPolicy:  policy,
-		StartTime:      c.StartAt(),
-		DLQPrefix:      stream.DLQSubjectPrefix,
-		HTTPAddr:       cfg.HTTP.Addr,
-		DrainTimeout:   c.DrainTimeout,
-		LagInterval:    c.LagInterval,
-	}, nil
-}
