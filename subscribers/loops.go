@@ -32,15 +32,9 @@ func (r *Runtime) admit(ctx context.Context, jm jetstream.Msg) *Msg {
 // batchLoop feeds a BatchHandler.
 type batchLoop struct{ h BatchHandler }
 
-// prefetch: two batches, so the next one is on its way while one is
-// decoded and another handled.
-func (l batchLoop) prefetch(c *Config) int {
-	n := 2
-	if h, ok := l.h.(ConcurrentBatchHandler); ok {
-		n = max(2, h.BatchConcurrency()+1)
-	}
-	return min(n*c.BatchSize, c.MaxAckPending)
-}
+// fetchSize: two batches per request; the channel to the loop and the batch
+// queue to the workers keep the next ones on their way.
+func (batchLoop) fetchSize(c *Config) int { return min(2*c.BatchSize, c.MaxAckPending) }
 
 func (batchLoop) wait(context.Context) bool { return true } // consume settles each batch before it returns
 
@@ -183,7 +177,7 @@ type asyncLoop struct {
 	keepAliveDone chan struct{}
 }
 
-func (l *asyncLoop) prefetch(c *Config) int { return min(2*c.BatchSize, c.MaxAckPending) }
+func (l *asyncLoop) fetchSize(c *Config) int { return c.BatchSize }
 
 func (l *asyncLoop) consume(ctx context.Context, r *Runtime, in <-chan jetstream.Msg) {
 	l.slots = make(chan struct{}, r.cfg.MaxAckPending)

@@ -164,7 +164,8 @@ func newRuntime(js JetStream, cfg Config, log zerolog.Logger) (*Runtime, error) 
 // from in until in is closed and settles every one it took (or, once ctx
 // is cancelled at the drain deadline, leaves them to redelivery).
 type loop interface {
-	prefetch(c *Config) int
+	// fetchSize is the most messages one pull request asks for.
+	fetchSize(c *Config) int
 	consume(ctx context.Context, r *Runtime, in <-chan jetstream.Msg)
 	// wait blocks until every message the loop dispatched is settled or ctx
 	// is done; it reports whether all were.
@@ -173,6 +174,50 @@ type loop interface {
 
 // errConsumerGone stops Run when the server deleted the durable under it.
 var errConsumerGone = errors.New("the durable consumer was deleted on the server")
+
+// fetchWait bounds one pull request: how long it waits on an idle stream,
+// and so how long a stop may wait for the request in flight.
+const fetchWait = 500 * time.Millisecond
+
+// fetch pulls messages into in, one bounded request (Fetch) at a time, until
+// stop is done. Every message a request brings is handed over before the
+// next request or the return, so a graceful stop leaves no message delivered
+// by the server and never seen (which stopping a continuous pull would,
+// leaving it unacked until AckWait). One request at a time also keeps stream
+// order: the server spreads messages over the requests waiting at once. It
+// returns early, dropping what it holds, when hard is closed, and with an
+// error when the consumer is gone.
+func (r *Runtime) fetch(stop context.Context, cons jetstream.Consumer, n int, in chan<- jetstream.Msg, hard <-chan struct{}) error {
+	for stop.Err() == nil {
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(fetchWait))
+		if err == nil {
+			for m := range batch.Messages() {
+				select {
+				case in <- m:
+				case <-hard:
+					return nil
+				}
+			}
+			err = batch.Error()
+		}
+		switch {
+		case err == nil, errors.Is(err, nats.ErrTimeout):
+		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
+			return fmt.Errorf("%w: %v", errConsumerGone, err)
+		default:
+			// Disconnected, server restarting, leader moving: the
+			// connection reconnects by itself; try again shortly.
+			r.log.Debug().Err(err).Msg("fetch")
+			select {
+			case <-stop.Done():
+			case <-hard:
+				return nil
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
 
 func (r *Runtime) run(ctx context.Context, l loop) error {
 	if r.running.Swap(true) {
@@ -223,64 +268,36 @@ func (r *Runtime) run(ctx context.Context, l loop) error {
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 
+	// The fetcher is the only sender on in and closes it when it returns:
+	// on the stop (after the request in flight brought all its messages), past the deadline (hardStop), or when the consumer is gone.
 	in := make(chan jetstream.Msg, r.cfg.BatchSize)
 	hardStop := make(chan struct{})
-	fatal := make(chan error, 1)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		select {
-		case in <- m:
-		case <-hardStop:
-		}
-	},
-		jetstream.PullMaxMessages(l.prefetch(&r.cfg)),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if errors.Is(err, jetstream.ErrConsumerDeleted) {
-				select {
-				case fatal <- err:
-				default:
-				}
-				return
-			}
-			r.log.Warn().Err(err).Msg("consume")
-		}))
-	if err != nil {
-		return fmt.Errorf("consume %s on %s: %w", r.cfg.Durable, r.cfg.Stream, err)
-	}
+	fetchDone := make(chan struct{})
+	var fetchErr error
+	go func() {
+		defer close(fetchDone)
+		defer close(in)
+		fetchErr = r.fetch(ctx, cons, l.fetchSize(&r.cfg), in, hardStop)
+	}()
 	r.log.Info().Str("stream", r.cfg.Stream).Int("batch_size", r.cfg.BatchSize).
 		Int("max_ack_pending", r.cfg.MaxAckPending).Msg("consuming")
 
-	// The stopper owns the consume context: it drains it when ctx ends (or
-	// the consumer vanishes) and enforces the deadline. It closes in only
-	// when the consume context reports that no callback can run any more;
-	// past the deadline it cancels work instead, which stops the loop.
-	var runErr error
+	// The stopper enforces the drain deadline: past it, it cancels work
+	// (the handlers' context and the loop) and stops the fetcher at once.
 	stopperDone := make(chan struct{})
 	go func() {
 		defer close(stopperDone)
 		select {
 		case <-ctx.Done():
-		case err := <-fatal:
-			runErr = fmt.Errorf("consumer %s: %w: %v", r.cfg.Durable, errConsumerGone, err)
-			r.health.consumerOK(errConsumerGone)
+		case <-fetchDone:
 		}
 		r.log.Info().Dur("deadline", r.cfg.DrainTimeout).Msg("stopping: finishing the messages in flight")
 		deadline := time.NewTimer(r.cfg.DrainTimeout)
 		defer deadline.Stop()
-		cc.Drain()
 		select {
-		case <-cc.Closed():
-			close(in)
 		case <-deadline.C:
 			cancelWork()
 			close(hardStop)
-			cc.Stop()
-			return
-		}
-		// The deadline also bounds the loop's own finish: the batch in
-		// flight, unsettled async messages.
-		select {
-		case <-deadline.C:
-			cancelWork()
 		case <-work.Done():
 		}
 	}()
@@ -291,8 +308,10 @@ func (r *Runtime) run(ctx context.Context, l loop) error {
 	cancelWork() // releases the stopper
 	stopPoll()
 	<-stopperDone
-	if runErr != nil {
-		return runErr
+	<-fetchDone
+	if fetchErr != nil {
+		r.health.consumerOK(fetchErr)
+		return fmt.Errorf("consumer %s: %w", r.cfg.Durable, fetchErr)
 	}
 	if !drainedInTime {
 		r.log.Warn().Msg("drain deadline passed; unsettled messages will be redelivered after ack_wait")

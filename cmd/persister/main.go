@@ -102,6 +102,3 @@ func ensureDLQ(ctx context.Context, js jetstream.JetStream, cfg *config.Config, 
 	}
 	return nil
 }
-
-// consumerConfig maps the consumer.* keys (and the stream and http ones the
-// runtime needs) to the runtime's configuration.
