@@ -207,7 +207,7 @@ func sqliteInsertSQL(n int) string {
 		}
 		b.WriteString(one)
 	}
-	b.WriteString(" ON CONFLICT (msg_id) DO NOTHING")
+	b.WriteString(" ON CONFLICT (device_id, ts, msg_id) DO NOTHING")
 	return b.String()
 }
 

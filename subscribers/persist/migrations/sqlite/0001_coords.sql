@@ -4,7 +4,7 @@
 -- SQLite's date functions read them. attrs and raw hold JSON text (json_extract
 -- reads them); the persister only writes what it decoded as JSON.
 CREATE TABLE coords (
-    msg_id      TEXT    NOT NULL UNIQUE,
+    msg_id      TEXT    NOT NULL,
     device_id   TEXT    NOT NULL,
     ts          TEXT    NOT NULL,
     received_at TEXT    NOT NULL,
@@ -23,4 +23,9 @@ CREATE TABLE coords (
     stored_at   TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 
-CREATE INDEX coords_device_ts ON coords (device_id, ts);
+-- One index serves both needs: per-device queries by time (its prefix) and
+-- uniqueness of the message id. The id is a hash of (device, fix time, lat,
+-- lon), so equal ids always have equal (device_id, ts): unique
+-- (device_id, ts, msg_id) is unique msg_id, at the cost of one index instead
+-- of two, which halves the pages a batch dirties.
+CREATE UNIQUE INDEX coords_device_ts ON coords (device_id, ts, msg_id);
