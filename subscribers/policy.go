@@ -77,7 +77,7 @@ func (r *Runtime) settle(ctx context.Context, m *Msg, herr error) outcome {
 			reason = fmt.Sprintf("gave up after %d deliveries: %s", m.NumDelivered, reason)
 		}
 		dctx, cancel := context.WithTimeout(ctx, settleTimeout)
-		err := r.deadLetter(dctx, m, reason)
+		err := r.deadLetter(dctx, m, reason, dlqHeader(herr))
 		cancel()
 		if err != nil {
 			r.metrics.settleErrors.WithLabelValues("dead_letter").Inc()
@@ -131,7 +131,7 @@ func (r *Runtime) backoff(n uint64) time.Duration {
 // original stream position, so copying again (after a lost Term or a
 // crash) stores it once, and two consumers giving up on the same message
 // get a copy each.
-func (r *Runtime) deadLetter(ctx context.Context, m *Msg, reason string) error {
+func (r *Runtime) deadLetter(ctx context.Context, m *Msg, reason string, extra nats.Header) error {
 	out := nats.NewMsg(r.cfg.DLQPrefix + "." + r.cfg.Durable + "." + m.token(r.cfg.SubjectPrefix))
 	for k, vs := range m.Header {
 		switch {
@@ -149,10 +149,34 @@ func (r *Runtime) deadLetter(ctx context.Context, m *Msg, reason string) error {
 	out.Header.Set(HeaderConsumer, r.cfg.Durable)
 	out.Header.Set(HeaderOriginalSubject, m.Subject)
 	out.Header.Set(HeaderOriginalSeq, strconv.FormatUint(m.StreamSeq, 10))
+	for k, vs := range extra {
+		if strings.HasPrefix(k, "Nats-") {
+			continue
+		}
+		for i, v := range vs {
+			vs[i] = headerValue(v)
+		}
+		out.Header[k] = vs
+	}
 	out.Data = m.Data
 	id := r.cfg.Durable + ":" + r.cfg.Stream + ":" + strconv.FormatUint(m.StreamSeq, 10)
 	if _, err := r.js.PublishMsg(ctx, out, jetstream.WithMsgID(id), jetstream.WithExpectStream(stream.DLQStream)); err != nil {
 		return fmt.Errorf("publish %s: %w", out.Subject, err)
+	}
+	return nil
+}
+
+// DLQHeaderer is implemented by handler errors that describe their failure
+// in headers of their own (a forward target's status and answer, say): the
+// dead-lettered copy carries them besides Ubiqo-Error and the others.
+type DLQHeaderer interface {
+	DLQHeader() nats.Header
+}
+
+func dlqHeader(err error) nats.Header {
+	var h DLQHeaderer
+	if errors.As(err, &h) {
+		return h.DLQHeader()
 	}
 	return nil
 }

@@ -231,6 +231,9 @@ func TestBadRequestDeadLettersAndNextFlows(t *testing.T) {
 	if !contains(errText, "HTTP 400") || !contains(errText, "lat out of our service area") {
 		t.Errorf("DLQ error header %q does not carry the target's status and answer", errText)
 	}
+	if m.Header.Get(forward.HeaderTargetStatus) != "400" || !contains(m.Header.Get(forward.HeaderTargetAnswer), "lat out of our service area") || m.Header.Get(forward.HeaderTarget) != "backup" {
+		t.Errorf("DLQ copy lacks the target's headers: %v", m.Header)
+	}
 	var c coord.Coord
 	if err := c.UnmarshalJSON(m.Data); err != nil || !c.TS.Equal(bad.TS) {
 		t.Errorf("DLQ body is not the original coordinate: %v", err)
