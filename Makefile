@@ -8,7 +8,7 @@ BINARIES := bridge persister alerter forwarder simulator
 FUZZTIME_SHORT ?= 5s
 FUZZTIME ?= 2m
 
-.PHONY: help run build test test-unit fuzz-short fuzz bench bench-micro bench-bridge bench-persist bench-forward bench-alert lint demo clean
+.PHONY: help run build test test-unit test-guarantees fuzz-short fuzz bench bench-micro bench-bridge bench-persist bench-forward bench-alert lint demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,10 +25,19 @@ build: ## build static binaries into bin/
 	@mkdir -p bin
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(BINARIES))
 
-test: test-unit fuzz-short ## run every test (PostgreSQL ones when UBIQO_TEST_POSTGRES_DSN is set) and brief fuzzing
+test: test-unit test-guarantees fuzz-short ## run every test (PostgreSQL ones when UBIQO_TEST_POSTGRES_DSN is set) and brief fuzzing
+
+# The tests that check the guarantees (nothing lost under faults, exactly
+# once, hostile input, no secret logged) run verbosely so the counts they
+# checked are in the output.
+GUARANTEES := TestFault|TestHostileInput|TestSlowClients|TestSecretsNeverLogged|TestSpool|TestKilledPersister|TestDatabaseOutage|TestEveryCoordinateStoredOnce
 
 test-unit:
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -timeout 20m -skip '$(GUARANTEES)' ./...
+
+test-guarantees:
+	set -o pipefail; $(GO) test -count=1 -timeout 20m -v -run '$(GUARANTEES)' ./bridge/ ./cmd/bridge/ ./subscribers/persist/ \
+		| grep -Ev '^\s*$$|^=== (PAUSE|CONT)|writer\.go:[0-9]+: \{'
 
 fuzz-short: ## run each fuzz target briefly
 	@set -e; for t in $$($(GO) test -list '^Fuzz' ./bridge/coord/ | grep '^Fuzz'); do \
