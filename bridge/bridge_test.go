@@ -488,3 +488,63 @@ func waitReady(t *testing.T, base string, want bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The allow-list admits callers by their TCP peer address, never by a
+// header they can write.
+func TestIPAllowList(t *testing.T) {
+	body := `{"device_id":"ip","lat":1,"lon":2}`
+	allowed := newEnv(t, func(o *bridge.Options) { o.AllowIPs = []string{"10.0.0.0/8", "127.0.0.1"} })
+	if a := allowed.post(t, body); a.Status != 200 {
+		t.Fatalf("127.0.0.1 allowed: %d %s", a.Status, a.Raw)
+	}
+	denied := newEnv(t, func(o *bridge.Options) { o.AllowIPs = []string{"10.0.0.0/8"} })
+	a := denied.do(t, "POST", "/webhook/ubiqo", "application/json", strings.NewReader(body), map[string]string{"X-Forwarded-For": "10.1.2.3", "X-Real-Ip": "10.1.2.3"})
+	if a.Status != http.StatusForbidden || !strings.Contains(a.Raw, "http.allow_ips") {
+		t.Fatalf("127.0.0.1 not in 10.0.0.0/8 (whatever X-Forwarded-For says): %d %s", a.Status, a.Raw)
+	}
+	if n := denied.msgs(t); n != 0 {
+		t.Fatalf("%d messages published by a refused caller", n)
+	}
+	if _, err := bridge.New(bridge.Options{AllowIPs: []string{"not-an-ip"}}, bridge.Deps{Conn: allowed.nc, JS: allowed.js}); err == nil || !strings.Contains(err.Error(), "http.allow_ips") {
+		t.Fatalf("bad allow-list entry: %v", err)
+	}
+}
+
+// Past http.max_in_flight concurrent requests the bridge answers 429 with
+// Retry-After instead of queueing without bound.
+func TestMaxInFlight429(t *testing.T) {
+	e := newEnv(t, func(o *bridge.Options) { o.MaxInFlight = 1 })
+	// Hold the only slot with a request whose body never finishes.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		req, _ := http.NewRequest("POST", e.http.URL+"/webhook/ubiqo", pr)
+		req.Header.Set("Content-Type", "application/json")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	pw.Write([]byte(`{"device_id":"slow",`))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a := e.post(t, `{"device_id":"x","lat":1,"lon":2}`)
+		if a.Status == http.StatusTooManyRequests {
+			if a.Header.Get("Retry-After") == "" || !strings.Contains(a.Raw, "http.max_in_flight") {
+				t.Fatalf("429 without Retry-After or reason: %v %s", a.Header, a.Raw)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never 429 with the slot held; last %d", a.Status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pw.Write([]byte(`"lat":1,"lon":2}`))
+	pw.Close()
+	<-held
+	if a := e.post(t, `{"device_id":"x","lat":1,"lon":2}`); a.Status != 200 {
+		t.Fatalf("slot not released: %d", a.Status)
+	}
+}
