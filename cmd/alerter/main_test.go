@@ -43,22 +43,7 @@ func writeRules(t *testing.T, body string) string {
 	return f
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuffer = streamtest.Logs
 
 // The whole program against a real JetStream server: alerts reach the
 // webhook once, the secret in its URL never reaches the logs, a replay of

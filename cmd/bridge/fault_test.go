@@ -182,12 +182,19 @@ func streamIDs(t *testing.T, url string, want int) map[string]int {
 	ids := make(map[string]int, total)
 	// Read everything with an ordered consumer; after a node loss the
 	// consumer may need a moment (and a reset) before it delivers again.
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
+	deadline = time.Now().Add(60 * time.Second)
+	var cons jetstream.Consumer
+	for {
+		var err error
+		if cons, err = st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cannot read the stream: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	got := 0
-	deadline = time.Now().Add(60 * time.Second)
 	for got < total && time.Now().Before(deadline) {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 )
 
 // persisterBin is cmd/persister, built once by TestMain.
@@ -147,15 +147,7 @@ func TestKilledPersisterLosesAndDuplicatesNothing(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t *testing.T) string { return streamtest.FreeAddr(t) }
 
 func scrape(t *testing.T, url string) string {
 	t.Helper()
