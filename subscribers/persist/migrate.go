@@ -1,6 +1,7 @@
 package persist
 
 import (
+	"context"
 	"embed"
 	"fmt"
 	"io/fs"
@@ -8,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // The schema of each database, as numbered SQL files applied in order.
@@ -64,3 +66,38 @@ const schemaMigrationsDDL = `CREATE TABLE IF NOT EXISTS schema_migrations (
     name       text    NOT NULL,
     applied_at text    NOT NULL
 )`
+
+// migrationTx is the part of a transaction applyMigrations needs; pgx and
+// database/sql transactions are adapted to it.
+type migrationTx interface {
+	exec(ctx context.Context, sql string, args ...any) error
+	queryInt(ctx context.Context, sql string) (int, error)
+}
+
+// applyMigrations brings the schema inside tx up to the last of steps, or
+// refuses a database newer than this persister. insertVersion records a
+// step: its placeholders are the dialect's ($1 or ?).
+func applyMigrations(ctx context.Context, tx migrationTx, steps []migration, insertVersion string) error {
+	if err := tx.exec(ctx, schemaMigrationsDDL); err != nil {
+		return err
+	}
+	have, err := tx.queryInt(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`)
+	if err != nil {
+		return err
+	}
+	if last := steps[len(steps)-1].version; have > last {
+		return fmt.Errorf("database schema is at version %d, newer than this persister knows (%d): run a newer persister", have, last)
+	}
+	for _, m := range steps {
+		if m.version <= have {
+			continue
+		}
+		if err := tx.exec(ctx, m.sql); err != nil {
+			return fmt.Errorf("migration %d %s: %w", m.version, m.name, err)
+		}
+		if err := tx.exec(ctx, insertVersion, m.version, m.name, time.Now().UTC().Format(time.RFC3339)); err != nil {
+			return err
+		}
+	}
+	return nil
+}

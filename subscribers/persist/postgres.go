@@ -98,30 +98,20 @@ func (s *pgStore) migrate(ctx context.Context) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrationLockKey)); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, schemaMigrationsDDL); err != nil {
-			return err
-		}
-		var have int
-		if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
-			return err
-		}
-		if last := steps[len(steps)-1].version; have > last {
-			return fmt.Errorf("database schema is at version %d, newer than this persister knows (%d): run a newer persister", have, last)
-		}
-		for _, m := range steps {
-			if m.version <= have {
-				continue
-			}
-			if _, err := tx.Exec(ctx, m.sql); err != nil {
-				return fmt.Errorf("migration %d %s: %w", m.version, m.name, err)
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`,
-				m.version, m.name, time.Now().UTC().Format(time.RFC3339)); err != nil {
-				return err
-			}
-		}
-		return nil
+		return applyMigrations(ctx, pgMigrationTx{tx}, steps, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`)
 	})
+}
+
+type pgMigrationTx struct{ tx pgx.Tx }
+
+func (t pgMigrationTx) exec(ctx context.Context, sql string, args ...any) error {
+	_, err := t.tx.Exec(ctx, sql, args...)
+	return err
+}
+
+func (t pgMigrationTx) queryInt(ctx context.Context, sql string) (n int, err error) {
+	err = t.tx.QueryRow(ctx, sql).Scan(&n)
+	return n, err
 }
 
 func (s *pgStore) insert(ctx context.Context, rows []row) (int, error) {

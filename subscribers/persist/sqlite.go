@@ -123,6 +123,18 @@ func (s *sqliteStore) close() {
 
 func (s *sqliteStore) ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
+type sqlMigrationTx struct{ tx *sql.Tx }
+
+func (t sqlMigrationTx) exec(ctx context.Context, query string, args ...any) error {
+	_, err := t.tx.ExecContext(ctx, query, args...)
+	return err
+}
+
+func (t sqlMigrationTx) queryInt(ctx context.Context, query string) (n int, err error) {
+	err = t.tx.QueryRowContext(ctx, query).Scan(&n)
+	return n, err
+}
+
 func (s *sqliteStore) migrate(ctx context.Context) error {
 	steps, err := migrations(DriverSQLite)
 	if err != nil {
@@ -133,27 +145,8 @@ func (s *sqliteStore) migrate(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
-	if _, err := tx.ExecContext(ctx, schemaMigrationsDDL); err != nil {
+	if err := applyMigrations(ctx, sqlMigrationTx{tx}, steps, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`); err != nil {
 		return err
-	}
-	var have int
-	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
-		return err
-	}
-	if last := steps[len(steps)-1].version; have > last {
-		return fmt.Errorf("database schema is at version %d, newer than this persister knows (%d): run a newer persister", have, last)
-	}
-	for _, m := range steps {
-		if m.version <= have {
-			continue
-		}
-		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-			return fmt.Errorf("migration %d %s: %w", m.version, m.name, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
-			m.version, m.name, time.Now().UTC().Format(time.RFC3339)); err != nil {
-			return err
-		}
 	}
 	if err := tx.Commit(); err != nil {
 		return err
