@@ -234,6 +234,11 @@ func newTargetRun(js JetStream, t Target, opts Options, m *metrics, reg promethe
 		m.stale.WithLabelValues(t.Name).Inc()
 		log.Debug().Uint64("seq", msg.StreamSeq).Uint64("delivery", msg.NumDelivered).Msg("dropped a redelivery of a coordinate already settled")
 	})
+	// Counters exist from the start at 0, so rate() and increase() see
+	// the first event.
+	m.delivered.WithLabelValues(t.Name)
+	m.outOfOrder.WithLabelValues(t.Name)
+	m.stale.WithLabelValues(t.Name)
 	gauge := m.breaker.WithLabelValues(t.Name)
 	gauge.Set(float64(breakerClosed))
 	r.brk = newBreaker(t.BreakerFailures, t.BreakerCooldown, func(from, to breakerState) {
