@@ -530,3 +530,23 @@ func TestMaxInFlight429(t *testing.T) {
 		t.Fatalf("slot not released: %d", a.Status)
 	}
 }
+
+// A client over http.rate_limit gets 429 with Retry-After; nothing of the
+// refused requests is published.
+func TestRateLimitPerClient(t *testing.T) {
+	e := newEnv(t, func(o *bridge.Options) { o.RateLimit = 1; o.RateBurst = 3 })
+	codes := map[int]int{}
+	for i := 0; i < 6; i++ {
+		a := e.post(t, fmt.Sprintf(`{"device_id":"rl","lat":1,"lon":%d,"ts":%d}`, i, 1772359200+i))
+		codes[a.Status]++
+		if a.Status == http.StatusTooManyRequests && (a.Header.Get("Retry-After") == "" || !strings.Contains(a.Raw, "http.rate_limit")) {
+			t.Fatalf("429 without Retry-After or reason: %v %s", a.Header, a.Raw)
+		}
+	}
+	if codes[200] < 3 || codes[429] < 2 {
+		t.Fatalf("answers %v: want the burst of 3 accepted and the rest refused", codes)
+	}
+	if n := e.msgs(t); int(n) != codes[200] {
+		t.Fatalf("%d messages for %d accepted requests", n, codes[200])
+	}
+}

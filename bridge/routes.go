@@ -16,7 +16,7 @@ func (s *Server) routes() *echo.Echo {
 	e.HTTPErrorHandler = s.handleError
 	e.Use(s.observe) // request id, access log, metrics, panic recovery
 
-	ingest := s.allow.middleware(s.limitInFlight(s.auth.middleware(s.handleIngest)))
+	ingest := s.allow.middleware(s.limiter.middleware(s.limitInFlight(s.auth.middleware(s.handleIngest))))
 	e.POST(s.opts.Path, ingest)
 	e.GET(s.opts.Path, ingest)
 

@@ -46,6 +46,8 @@ type Options struct {
 	Pprof           bool
 	MaxInFlight     int      // concurrent ingest requests; more answer 429
 	AllowIPs        []string // client IPs/CIDRs allowed on the ingest path; empty = any
+	RateLimit       float64  // ingest requests per second per client address; 0 = off
+	RateBurst       int      // burst above RateLimit; 0 = one second's worth
 
 	Tokens        []string
 	BasicUser     string
@@ -84,6 +86,7 @@ type Server struct {
 	metrics *metrics
 	auth    *authenticator
 	allow   *ipAllowList
+	limiter *clientRateLimiter
 	spool   *spool.Spool
 	slots   chan struct{} // ingest requests in flight
 	echo    *echo.Echo
@@ -115,6 +118,7 @@ func New(opts Options, deps Deps) (*Server, error) {
 	s := &Server{
 		opts:    opts,
 		allow:   allow,
+		limiter: newClientRateLimiter(opts.RateLimit, opts.RateBurst),
 		spool:   deps.Spool,
 		slots:   make(chan struct{}, opts.MaxInFlight),
 		log:     deps.Log,

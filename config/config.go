@@ -46,6 +46,8 @@ type HTTP struct {
 	TLSKey            string        `mapstructure:"tls_key"`
 	MaxInFlight       int           `mapstructure:"max_in_flight"`
 	AllowIPs          []string      `mapstructure:"allow_ips"`
+	RateLimit         float64       `mapstructure:"rate_limit"`
+	RateBurst         int           `mapstructure:"rate_burst"`
 	Pprof             bool          `mapstructure:"pprof"`
 }
 

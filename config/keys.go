@@ -65,6 +65,8 @@ var Keys = []Key{
 	{Name: "http.tls_cert", Default: "", Usage: "PEM certificate file; with http.tls_key serves HTTPS", Only: bins(Bridge)},
 	{Name: "http.tls_key", Default: "", Usage: "PEM private key file for http.tls_cert", Only: bins(Bridge)},
 	{Name: "http.max_in_flight", Default: 1024, Usage: "most requests served at once; more answer 429 with Retry-After", Only: bins(Bridge)},
+	{Name: "http.rate_limit", Default: 0.0, Usage: "ingest requests per second per client address; more answer 429; 0 = off", Only: bins(Bridge)},
+	{Name: "http.rate_burst", Default: 0, Usage: "requests a client may send above http.rate_limit in a burst; 0 = one second's worth", Only: bins(Bridge)},
 	{Name: "http.allow_ips", Default: []string{}, Usage: "client IPs or CIDRs allowed to call the webhook; empty = any", Only: bins(Bridge)},
 	{Name: "http.pprof", Default: false, Usage: "serve /debug/pprof on the HTTP listener"},
 

@@ -151,6 +151,8 @@ func addFlag(fs *pflag.FlagSet, k Key, def any) bool {
 		fs.Int(k.Name, d, usage)
 	case int64:
 		fs.Int64(k.Name, d, usage)
+	case float64:
+		fs.Float64(k.Name, d, usage)
 	case bool:
 		fs.Bool(k.Name, d, usage)
 	case time.Duration:

@@ -52,6 +52,12 @@ func (c *Config) Validate(b Binary) error {
 		}
 		v.duration("ingest.max_future", c.Ingest.MaxFuture)
 		v.positive("http.max_in_flight", int64(c.HTTP.MaxInFlight))
+		if c.HTTP.RateLimit < 0 {
+			v.bad("http.rate_limit", c.HTTP.RateLimit, "must be 0 (off) or positive")
+		}
+		if c.HTTP.RateBurst < 0 {
+			v.bad("http.rate_burst", c.HTTP.RateBurst, "must be 0 or positive")
+		}
 		for _, ip := range c.HTTP.AllowIPs {
 			if _, _, err := net.ParseCIDR(ip); err != nil && net.ParseIP(ip) == nil {
 				v.bad("http.allow_ips", ip, "must be an IP address or a CIDR such as 10.0.0.0/8")

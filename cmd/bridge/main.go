@@ -112,6 +112,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Pprof:             cfg.HTTP.Pprof,
 		MaxInFlight:       cfg.HTTP.MaxInFlight,
 		AllowIPs:          cfg.HTTP.AllowIPs,
+		RateLimit:         cfg.HTTP.RateLimit,
+		RateBurst:         cfg.HTTP.RateBurst,
 		Tokens:            cfg.Auth.Tokens,
 		BasicUser:         cfg.Auth.BasicUser,
 		BasicPassword:     cfg.Auth.BasicPassword,
