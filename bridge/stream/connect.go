@@ -42,8 +42,11 @@ func Connect(cfg ConnConfig, log zerolog.Logger) (*nats.Conn, error) {
 		nats.ReconnectBufSize(32 << 20),
 		nats.PingInterval(10 * time.Second),
 		nats.MaxPingsOutstanding(3),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			ev := log.Warn()
+			if err == nil && (nc.IsClosed() || nc.IsDraining()) {
+				ev = log.Debug() // our own shutdown, not a fault
+			}
 			if err != nil {
 				ev = ev.Err(err)
 			}
