@@ -19,7 +19,6 @@ import (
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
-	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 )
 
@@ -34,10 +33,6 @@ type env struct {
 	js     jetstream.JetStream
 	logs   *syncBuffer
 	stream jetstream.Stream
-}
-
-func coordsCfg() stream.CoordsConfig {
-	return stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1, MaxAge: time.Hour, MaxBytes: -1, DuplicateWindow: 10 * time.Minute, Compression: true, AllowDirect: true}
 }
 
 func newEnv(t *testing.T, mod func(*bridge.Options)) *env {
@@ -58,7 +53,7 @@ func newEnv(t *testing.T, mod func(*bridge.Options)) *env {
 		MaxBodyBytes:   1 << 20,
 		MaxBatch:       1000,
 		PublishTimeout: 2 * time.Second,
-		Stream:         coordsCfg(),
+		Stream:         streamtest.Coords(),
 		ManageStream:   true,
 		AccessLog:      "all",
 	}

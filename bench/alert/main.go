@@ -35,6 +35,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -284,8 +286,7 @@ func e2e(rules *alert.Rules, fixes []coord.Coord, dir string, o options) error {
 		return err
 	}
 	ctx := context.Background()
-	cc := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1, MaxAge: 720 * time.Hour, MaxBytes: -1,
-		DuplicateWindow: 10 * time.Minute, Compression: true, AllowDirect: true}
+	cc := streamtest.Coords()
 	if _, err := stream.Ensure(ctx, js, cc.StreamConfig()); err != nil {
 		return err
 	}

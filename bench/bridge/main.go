@@ -112,7 +112,7 @@ func run(ctx context.Context, o options) error {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	// The stream the bridge would create; the naive bridge publishes into it too.
-	coords := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1, MaxAge: 720 * time.Hour, MaxBytes: -1, DuplicateWindow: 10 * time.Minute, Compression: true, AllowDirect: true}
+	coords := streamtest.Coords()
 	st, err := stream.Ensure(ctx, js, coords.StreamConfig())
 	if err != nil {
 		return err

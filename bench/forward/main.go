@@ -30,6 +30,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -83,8 +85,7 @@ func run(args []string, out io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	coords := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1,
-		MaxAge: time.Hour, MaxBytes: -1, DuplicateWindow: 10 * time.Minute, Compression: true, AllowDirect: true}
+	coords := streamtest.Coords()
 	if _, err := stream.Ensure(ctx, js, coords.StreamConfig()); err != nil {
 		return err
 	}

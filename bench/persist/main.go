@@ -28,6 +28,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -115,8 +117,7 @@ func run(o options) error {
 		return err
 	}
 	ctx := context.Background()
-	coords := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1, MaxAge: 720 * time.Hour,
-		MaxBytes: -1, DuplicateWindow: 10 * time.Minute, Compression: true, AllowDirect: true}
+	coords := streamtest.Coords()
 	if _, err := stream.Ensure(ctx, js, coords.StreamConfig()); err != nil {
 		return err
 	}

@@ -80,7 +80,7 @@ func setup(t *testing.T, plain, signed *sink, httpAddr string) (js jetstream.Jet
 	t.Helper()
 	srv := streamtest.Run(t)
 	_, js = streamtest.Connect(t, srv)
-	coords := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1, MaxAge: time.Hour, MaxBytes: -1, DuplicateWindow: time.Minute}
+	coords := streamtest.Coords()
 	if _, err := stream.Ensure(context.Background(), js, coords.StreamConfig()); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestTargetsFromEnvironment(t *testing.T) {
 	tg := newTarget(t)
 	srv := streamtest.Run(t)
 	_, js := streamtest.Connect(t, srv)
-	coords := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1, MaxAge: time.Hour, MaxBytes: -1, DuplicateWindow: time.Minute}
+	coords := streamtest.Coords()
 	if _, err := stream.Ensure(context.Background(), js, coords.StreamConfig()); err != nil {
 		t.Fatal(err)
 	}

@@ -44,8 +44,7 @@ func TestRunStoresCoordinates(t *testing.T) {
 	srv := streamtest.Run(t)
 	_, js := streamtest.Connect(t, srv)
 	ctx := context.Background()
-	coords := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1, MaxAge: time.Hour,
-		MaxBytes: -1, DuplicateWindow: time.Minute}
+	coords := streamtest.Coords()
 	if _, err := stream.Ensure(ctx, js, coords.StreamConfig()); err != nil {
 		t.Fatal(err)
 	}

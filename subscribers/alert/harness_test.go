@@ -40,8 +40,7 @@ func newHarness(t *testing.T, rulesYAML string) *harness {
 	t.Helper()
 	srv := streamtest.Run(t)
 	_, js := streamtest.Connect(t, srv)
-	cc := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1, MaxAge: 720 * time.Hour,
-		MaxBytes: -1, DuplicateWindow: 10 * time.Minute, AllowDirect: true}
+	cc := streamtest.Coords()
 	if _, err := stream.Ensure(context.Background(), js, cc.StreamConfig()); err != nil {
 		t.Fatal(err)
 	}

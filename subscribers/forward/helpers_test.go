@@ -41,8 +41,7 @@ func newEnv(t *testing.T) *env {
 	srv := streamtest.Run(t)
 	nc, js := streamtest.Connect(t, srv)
 	ctx := context.Background()
-	coords := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1,
-		MaxAge: time.Hour, MaxBytes: -1, DuplicateWindow: 10 * time.Minute}
+	coords := streamtest.Coords()
 	if _, err := stream.Ensure(ctx, js, coords.StreamConfig()); err != nil {
 		t.Fatal(err)
 	}

@@ -161,8 +161,8 @@ func newJS(t *testing.T, dupWindow time.Duration) *js {
 	srv := streamtest.Run(t)
 	nc, j := streamtest.Connect(t, srv)
 	ctx := context.Background()
-	coords := stream.CoordsConfig{Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1,
-		MaxAge: time.Hour, MaxBytes: -1, DuplicateWindow: dupWindow, Compression: true}
+	coords := streamtest.Coords()
+	coords.DuplicateWindow = dupWindow // short: tests publish duplicates beyond it
 	if _, err := stream.Ensure(ctx, j, coords.StreamConfig()); err != nil {
 		t.Fatal(err)
 	}

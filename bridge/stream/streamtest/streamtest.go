@@ -1,5 +1,7 @@
 // Package streamtest runs real JetStream servers for tests: in-process, on a
-// random loopback port, with storage in the test's temporary directory.
+// random loopback port, with storage in the test's temporary directory, or as
+// nats-server processes to kill; plus what tests of the programs share (the
+// nats CLI, the default COORDS stream, a log buffer, free ports).
 package streamtest
 
 import (
@@ -10,6 +12,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 )
 
 // Server is a running in-process JetStream server.
@@ -93,4 +97,15 @@ func Connect(t testing.TB, s *Server) (*nats.Conn, jetstream.JetStream) {
 		t.Fatalf("streamtest: jetstream: %v", err)
 	}
 	return nc, js
+}
+
+// Coords describes the COORDS stream as the bridge creates it with its
+// default configuration (DESIGN.md), for tests and load runs that create it
+// themselves.
+func Coords() stream.CoordsConfig {
+	return stream.CoordsConfig{
+		Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1,
+		MaxAge: 720 * time.Hour, MaxBytes: -1, DuplicateWindow: 10 * time.Minute,
+		Compression: true, AllowDirect: true,
+	}
 }
