@@ -38,10 +38,12 @@ type Options struct {
 	WriteTimeout      time.Duration
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
-	// PublishTimeout bounds the wait for a JetStream ack; the JetStream
-	// context enforces it per message (jetstream.WithPublishAsyncTimeout),
-	// this copy bounds spool replays.
-	PublishTimeout  time.Duration
+	// PublishTimeout bounds the wait for JetStream's acks of a request (and
+	// of a spool replay batch).
+	PublishTimeout time.Duration
+	// MaxPending bounds the publishes awaiting their ack at once; a request
+	// waits (up to PublishTimeout) for room beyond it.
+	MaxPending      int
 	TLSCert, TLSKey string
 	Pprof           bool
 	MaxInFlight     int      // concurrent ingest requests; more answer 429
@@ -125,10 +127,12 @@ func New(opts Options, deps Deps) (*Server, error) {
 		nc:      deps.Conn,
 		js:      deps.JS,
 		dec:     dec,
-		pub:     NewPublisher(deps.JS, opts.Stream.SubjectPrefix),
 		reg:     reg,
 		metrics: newMetrics(reg),
 		auth:    newAuthenticator(opts.Tokens, opts.BasicUser, opts.BasicPassword),
+	}
+	if s.pub, err = NewPublisher(deps.Conn, opts.Stream.SubjectPrefix, opts.MaxPending, opts.PublishTimeout); err != nil {
+		return nil, err
 	}
 	if s.spool != nil {
 		s.metrics.watchSpool(reg, s.spool)
@@ -148,6 +152,9 @@ func setDefaults(o *Options) {
 	def(&o.WriteTimeout, 30*time.Second)
 	def(&o.IdleTimeout, 120*time.Second)
 	def(&o.ShutdownTimeout, 20*time.Second)
+	if o.MaxPending <= 0 {
+		o.MaxPending = 4096
+	}
 	def(&o.PublishTimeout, 5*time.Second)
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 1 << 20
@@ -198,6 +205,7 @@ func (s *Server) EnsureStream(ctx context.Context) error {
 // A topology watcher keeps readiness current and recreates the stream if it
 // disappears.
 func (s *Server) Run(ctx context.Context) error {
+	defer s.pub.Close()
 	ln, err := net.Listen("tcp", s.opts.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s (http.addr): %w", s.opts.Addr, err)

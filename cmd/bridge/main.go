@@ -83,10 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(cfg.NATS.MaxPending),
-		jetstream.WithPublishAsyncTimeout(cfg.NATS.PublishTimeout),
-	)
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
@@ -117,6 +114,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ShutdownTimeout:   cfg.HTTP.ShutdownTimeout,
 		PublishTimeout:    cfg.NATS.PublishTimeout,
+		MaxPending:        cfg.NATS.MaxPending,
 		TLSCert:           cfg.HTTP.TLSCert,
 		TLSKey:            cfg.HTTP.TLSKey,
 		Pprof:             cfg.HTTP.Pprof,

@@ -1,0 +1,257 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
+)
+
+// pubEnv is a JetStream server with a stream on "t.coords.>" (dedupe
+// window 1m) and a Publisher on its own connection.
+func pubEnv(t *testing.T, maxPending int, timeout time.Duration, mod func(*jetstream.StreamConfig)) (*Publisher, *nats.Conn, jetstream.Stream) {
+	t.Helper()
+	ns := streamtest.Run(t)
+	nc, js := streamtest.Connect(t, ns)
+	cfg := jetstream.StreamConfig{Name: "T", Subjects: []string{"t.coords.>"}, Storage: jetstream.FileStorage, Duplicates: time.Minute}
+	if mod != nil {
+		mod(&cfg)
+	}
+	st, err := js.CreateStream(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPublisher(nc, "t.coords", maxPending, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p, nc, st
+}
+
+func testRecs(prefix string, n int) []spool.Record {
+	recs := make([]spool.Record, n)
+	for i := range recs {
+		dev := fmt.Sprintf("dev%d", i%7)
+		recs[i] = spool.Record{
+			Subject: "t.coords." + dev,
+			MsgID:   fmt.Sprintf("%s-%d", prefix, i),
+			Device:  dev,
+			Data:    []byte(fmt.Sprintf(`{"i":%d}`, i)),
+		}
+	}
+	return recs
+}
+
+func streamMsgs(t *testing.T, st jetstream.Stream) uint64 {
+	t.Helper()
+	info, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func TestPublisherStoresAndCountsDuplicates(t *testing.T) {
+	p, _, st := pubEnv(t, 64, 5*time.Second, nil)
+	ctx := context.Background()
+	recs := testRecs("a", 10)
+	res, err := p.Publish(ctx, recs)
+	if err != nil || res.Stored != 10 || res.Duplicates != 0 || len(res.Failed) != 0 {
+		t.Fatalf("first publish: %+v, %v", res, err)
+	}
+	// The same ids again, plus two new ones.
+	res, err = p.Publish(ctx, append(testRecs("a", 10), testRecs("b", 2)...))
+	if err != nil || res.Stored != 2 || res.Duplicates != 10 {
+		t.Fatalf("second publish: %+v, %v", res, err)
+	}
+	if n := streamMsgs(t, st); n != 12 {
+		t.Fatalf("stream holds %d messages, want 12", n)
+	}
+	// What a consumer sees: the subject, the headers and the body as given.
+	m, err := st.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "t.coords.dev0" || m.Header.Get("Nats-Msg-Id") != "a-0" || m.Header.Get("Ubiqo-Device") != "dev0" ||
+		m.Header.Get("Content-Type") != "application/json" || string(m.Data) != `{"i":0}` {
+		t.Fatalf("stored message: %s %v %s", m.Subject, m.Header, m.Data)
+	}
+}
+
+// More messages than ring slots, from many goroutines at once: every one is
+// stored exactly once and every Publish returns.
+func TestPublisherRingSmallerThanLoad(t *testing.T) {
+	p, _, st := pubEnv(t, 8, 10*time.Second, nil)
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for g := 0; g < 20; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// 25 messages: more than the ring (8), so Publish splits it.
+			res, err := p.Publish(context.Background(), testRecs(fmt.Sprintf("g%d", g), 25))
+			if err != nil || res.Stored != 25 {
+				errs <- fmt.Errorf("goroutine %d: %+v, %v", g, res, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := streamMsgs(t, st); n != 500 {
+		t.Fatalf("stream holds %d messages, want 500", n)
+	}
+}
+
+// A subject no stream takes: the server answers "no responders" at once.
+func TestPublisherNoStream(t *testing.T) {
+	p, _, _ := pubEnv(t, 16, 5*time.Second, nil)
+	recs := testRecs("x", 3)
+	for i := range recs {
+		recs[i].Subject = "elsewhere." + recs[i].Device
+	}
+	start := time.Now()
+	res, err := p.Publish(context.Background(), recs)
+	if !errors.Is(err, ErrNotStored) || !errors.Is(err, nats.ErrNoResponders) || len(res.Failed) != 3 || res.Stored != 0 {
+		t.Fatalf("got %+v, %v", res, err)
+	}
+	if time.Since(start) > 4*time.Second {
+		t.Fatalf("no responders took %v: waited for the timeout instead", time.Since(start))
+	}
+}
+
+// JetStream refuses a message (too big for the stream): that one fails with
+// the server's reason, the others are stored.
+func TestPublisherJetStreamError(t *testing.T) {
+	p, _, st := pubEnv(t, 16, 5*time.Second, func(c *jetstream.StreamConfig) { c.MaxMsgSize = 512 })
+	recs := testRecs("e", 3)
+	recs[1].Data = []byte(`{"big":"` + strings.Repeat("x", 1000) + `"}`)
+	res, err := p.Publish(context.Background(), recs)
+	if !errors.Is(err, ErrNotStored) || len(res.Failed) != 1 || res.Failed[0] != 1 || res.Stored != 2 {
+		t.Fatalf("got %+v, %v", res, err)
+	}
+	if !strings.Contains(err.Error(), "maximum") {
+		t.Fatalf("error does not carry the server's reason: %v", err)
+	}
+	if n := streamMsgs(t, st); n != 2 {
+		t.Fatalf("stream holds %d messages, want 2", n)
+	}
+}
+
+// Nobody acks: Publish gives up at its timeout, frees its slots for later
+// publishes, and ignores the ack when it finally comes.
+func TestPublisherTimeoutAndLateAck(t *testing.T) {
+	p, nc, _ := pubEnv(t, 4, 300*time.Millisecond, nil)
+	// A plain subscriber on subjects no stream takes: it swallows the
+	// message and answers only after the publisher gave up.
+	late := make(chan string, 16)
+	sub, err := nc.Subscribe("slow.>", func(m *nats.Msg) { late <- m.Reply })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = nc.Flush()
+	recs := testRecs("s", 3)
+	for i := range recs {
+		recs[i].Subject = "slow." + recs[i].Device
+	}
+	start := time.Now()
+	res, err := p.Publish(context.Background(), recs)
+	if !errors.Is(err, ErrNotStored) || len(res.Failed) != 3 || !strings.Contains(err.Error(), "publish_timeout") {
+		t.Fatalf("got %+v, %v", res, err)
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("gave up after %v, before the timeout", d)
+	}
+	for range 3 {
+		reply := <-late
+		if err := nc.Publish(reply, []byte(`{"stream":"T","seq":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = nc.Flush()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.LateAcks() < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p.LateAcks() != 3 {
+		t.Fatalf("late acks counted: %d, want 3", p.LateAcks())
+	}
+	// The ring (4 slots) is free again: a later publish of 4 goes through.
+	res, err = p.Publish(context.Background(), testRecs("after", 4))
+	if err != nil || res.Stored != 4 {
+		t.Fatalf("publish after the timeout: %+v, %v", res, err)
+	}
+}
+
+// The caller going away ends the wait at once.
+func TestPublisherContextCanceled(t *testing.T) {
+	p, nc, _ := pubEnv(t, 16, 10*time.Second, nil)
+	sub, err := nc.Subscribe("slow.>", func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	_ = nc.Flush()
+	recs := testRecs("c", 2)
+	for i := range recs {
+		recs[i].Subject = "slow." + recs[i].Device
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := p.Publish(ctx, recs)
+	if !errors.Is(err, context.DeadlineExceeded) || len(res.Failed) != 2 {
+		t.Fatalf("got %+v, %v", res, err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %v", d)
+	}
+}
+
+func TestParseAck(t *testing.T) {
+	status := func(code, descr string) *nats.Msg {
+		return &nats.Msg{Header: nats.Header{"Status": []string{code}, "Description": []string{descr}}}
+	}
+	for _, tc := range []struct {
+		name string
+		m    *nats.Msg
+		want uint8
+		err  string
+	}{
+		{"stored", &nats.Msg{Data: []byte(`{"stream":"COORDS", "seq":12}`)}, ackStored, ""},
+		{"stored with domain", &nats.Msg{Data: []byte(`{"stream":"COORDS", "domain":"hub", "seq":12}`)}, ackStored, ""},
+		{"duplicate", &nats.Msg{Data: []byte(`{"stream":"COORDS", "seq":12,"duplicate": true}`)}, ackDuplicate, ""},
+		{"duplicate compact", &nats.Msg{Data: []byte(`{"stream":"COORDS","seq":12,"duplicate":true}`)}, ackDuplicate, ""},
+		{"not duplicate", &nats.Msg{Data: []byte(`{"stream":"COORDS","seq":12,"duplicate":false}`)}, ackStored, ""},
+		{"stream named error", &nats.Msg{Data: []byte(`{"stream":"error","seq":3}`)}, ackStored, ""},
+		{"error", &nats.Msg{Data: []byte(`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"COORDS","seq":0}`)}, ackFailed, "maximum messages exceeded"},
+		{"no responders", status("503", ""), ackFailed, "no responders"},
+		{"other status", status("408", "Request Timeout"), ackFailed, "408 Request Timeout"},
+		{"empty", &nats.Msg{}, ackFailed, "empty ack"},
+		{"garbage", &nats.Msg{Data: []byte(`hello`)}, ackFailed, "unreadable ack"},
+		{"no sequence", &nats.Msg{Data: []byte(`{"other":1}`)}, ackFailed, "without stream or sequence"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseAck(tc.m)
+			if got != tc.want {
+				t.Fatalf("outcome %d, want %d (err %v)", got, tc.want, err)
+			}
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("error %v, want one containing %q", err, tc.err)
+			}
+		})
+	}
+}
