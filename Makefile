@@ -48,7 +48,8 @@ fuzz-short: ## run each fuzz target briefly
 fuzz: ## fuzz every target for FUZZTIME each
 	$(MAKE) fuzz-short FUZZTIME_SHORT=$(FUZZTIME)
 
-BENCH_DURATION ?= 10s
+BENCH_DURATION ?= 8s
+BENCH_ROUNDS ?= 3
 
 bench: bench-micro bench-bridge bench-persist bench-forward bench-alert ## run every benchmark and load run (several minutes)
 
@@ -65,7 +66,7 @@ bench-alert: ## fixes per second through 1,000 circles and 100 polygons for 10,0
 	$(GO) run ./bench/alert
 
 bench-bridge: ## bare HTTP vs naive bridge vs ubiqo-bridge vs nats bench, one table (bench/results.md)
-	$(GO) run ./bench/bridge -duration $(BENCH_DURATION)
+	$(GO) run ./bench/bridge -duration $(BENCH_DURATION) -rounds $(BENCH_ROUNDS)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
