@@ -90,3 +90,34 @@ func BenchmarkToken(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPipelineBatch100 is the work one 100-item request costs the
+// bridge in this package: decode, then per coordinate the message body
+// (AppendJSON, into one shared buffer as bridge.Publisher.Records does) and
+// the message id.
+func BenchmarkPipelineBatch100(b *testing.B) {
+	d := benchDecoder(b)
+	items := make([]string, 100)
+	for i := range items {
+		items[i] = benchItem(i)
+	}
+	body := []byte("[" + strings.Join(items, ",") + "]")
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		batch, err := d.Decode("application/json", body, nil, goldenNow)
+		if err != nil || len(batch.Coords) != 100 {
+			b.Fatal(err)
+		}
+		size := 0
+		for i := range batch.Coords {
+			size += 256 + len(batch.Coords[i].Raw)
+		}
+		buf := make([]byte, 0, size)
+		for i := range batch.Coords {
+			c := &batch.Coords[i]
+			buf = c.AppendJSON(buf)
+			_ = c.MsgID()
+		}
+	}
+}

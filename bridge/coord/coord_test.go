@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -168,6 +169,24 @@ func TestAppendScalarsMatchEncodingJSON(t *testing.T) {
 		want := strings.TrimSuffix(buf.String(), "\n")
 		if got := string(appendString(nil, s)); got != want {
 			t.Errorf("appendString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+// TestAppendFloatWhole: the fast path for whole numbers writes what
+// encoding/json writes, at its edges and for many random values.
+func TestAppendFloatWhole(t *testing.T) {
+	fs := []float64{0, math.Copysign(0, -1), 1, -1, 7, 270, 360, 100, -45, 1e14, 1e15 - 1, -(1e15 - 1), 1e15, 1e15 + 2,
+		1<<53 - 1, 1 << 53, 1e20, 1e21, -1e21, 999999999999999.9, 123456789012345, 0.5, -0.5}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 100000 {
+		f := math.Trunc(r.NormFloat64() * math.Pow(10, float64(r.IntN(17))))
+		fs = append(fs, f, f+0.5, math.Nextafter(f, math.Inf(1)))
+	}
+	for _, f := range fs {
+		want, _ := json.Marshal(f)
+		if got := appendFloat(nil, f); !bytes.Equal(got, want) {
+			t.Fatalf("appendFloat(%v) = %s, want %s", f, got, want)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -213,44 +214,51 @@ func (d *Decoder) DecodeJSON(body []byte, now time.Time) (*Batch, error) {
 	if s == "" {
 		return nil, fmt.Errorf("%w: empty body", ErrEmpty)
 	}
+	st := getState(d, now)
+	defer st.release()
 	var (
-		items []string // each item as written
-		top   []member // members of the single top-level item, when not a batch
+		items   []string // each item as written
+		single  bool     // the body is one item, whose members are in st.members
+		compact bool     // every item is its own compact form (see checkJSON)
+		err     error
 	)
 	switch s[0] {
 	case '[':
-		e, ok := appendElements(s, d.maxItems)
+		e, ok := appendElements(st.items, s, d.maxItems)
+		st.items = e.items
 		if ok && e.tooMany {
 			return nil, d.errTooMany()
 		}
-		if !validJSON(s) {
-			return nil, fmt.Errorf("%w: %s", ErrMalformed, syntaxDetail(s))
+		if compact, err = checkJSON(s); err != nil {
+			return nil, err
 		}
 		if e.nonObject >= 0 {
 			return nil, fmt.Errorf("%w: array element %d is %s, want an object", ErrMalformed, e.nonObject, kindOf(e.items[e.nonObject][0]).noun())
 		}
 		items = e.items
 	case '{':
-		ms, ok := appendMembers(make([]member, 0, 16), s)
+		var ok bool
+		st.members, ok = appendMembers(st.members[:0], s)
 		var e elements
 		wrapped := false
 		if ok {
-			e, wrapped = d.wrapper(ms)
+			e, wrapped = st.wrapper(st.members)
 			if wrapped && e.tooMany {
 				return nil, d.errTooMany()
 			}
 		}
-		if !validJSON(s) {
-			return nil, fmt.Errorf("%w: %s", ErrMalformed, syntaxDetail(s))
+		if compact, err = checkJSON(s); err != nil {
+			return nil, err
 		}
 		if wrapped {
 			items = e.items
 		} else {
-			items, top = []string{s}, ms
+			st.items = append(st.items[:0], s)
+			items, single = st.items, true
 		}
 	default:
-		if !validJSON(s) {
-			return nil, fmt.Errorf("%w: %s", ErrMalformed, syntaxDetail(s))
+		if _, err = checkJSON(s); err != nil {
+			return nil, err
 		}
 		return nil, fmt.Errorf("%w: body is %s, want an object or an array of objects", ErrMalformed, kindOf(s[0]).noun())
 	}
@@ -258,41 +266,71 @@ func (d *Decoder) DecodeJSON(body []byte, now time.Time) (*Batch, error) {
 		return nil, fmt.Errorf("%w: empty array", ErrEmpty)
 	}
 
-	st := newItemState(d, now, len(items))
+	st.setItems(len(items))
 	size := 0
 	for _, it := range items {
 		size += len(it)
 	}
 	st.arena = make([]byte, 0, size)
-	b := &Batch{Coords: make([]Coord, 0, len(items))}
+	b := newBatch(len(items))
 	for i, it := range items {
-		ms := top
-		if ms == nil {
+		if !single {
 			st.members, _ = appendMembers(st.members[:0], it)
-			ms = st.members
 		}
 		b.Coords = append(b.Coords, Coord{})
 		c := &b.Coords[len(b.Coords)-1]
-		if why := st.item(ms, c); why != "" {
+		if why := st.item(st.members, c); why != "" {
 			b.Coords = b.Coords[:len(b.Coords)-1]
 			b.Rejected = append(b.Rejected, Rejection{Index: i, Error: why})
 			continue
 		}
 		start := len(st.arena)
-		st.arena = appendCompact(st.arena, it)
+		if compact {
+			st.arena = append(st.arena, it...)
+		} else {
+			st.arena = appendCompact(st.arena, it)
+		}
 		c.Raw = st.arena[start:len(st.arena):len(st.arena)]
 	}
 	return b, nil
+}
+
+// checkJSON returns an ErrMalformed error unless the body s is valid JSON.
+// For a valid s it reports whether s is compact already: valid UTF-8 without
+// white space between tokens, so that appendCompact would copy every item of
+// it unchanged (and a plain copy will do).
+func checkJSON(s string) (compact bool, err error) {
+	ok, spaced := validate(s)
+	if !ok {
+		return false, fmt.Errorf("%w: %s", ErrMalformed, syntaxDetail(s))
+	}
+	return !spaced && utf8.ValidString(s), nil
 }
 
 func (d *Decoder) errTooMany() error {
 	return fmt.Errorf("%w: more than %d in one request", ErrTooManyItems, d.maxItems)
 }
 
-// wrapper finds the array of a wrapper object (see DecodeJSON).
-func (d *Decoder) wrapper(ms []member) (elements, bool) {
+// newBatch returns an empty Batch with room for n coordinates. A single
+// coordinate, the most common request, shares one allocation with its Batch.
+func newBatch(n int) *Batch {
+	if n == 1 {
+		one := new(struct {
+			b Batch
+			c [1]Coord
+		})
+		one.b.Coords = one.c[:0]
+		return &one.b
+	}
+	return &Batch{Coords: make([]Coord, 0, n)}
+}
+
+// wrapper finds the array of a wrapper object (see DecodeJSON). ms are the
+// members of the top-level object.
+func (st *itemState) wrapper(ms []member) (elements, bool) {
+	d := st.d
 	for i := range ms {
-		r, ok := d.lookup(ms[i].key)
+		r, ok := st.roles.role(d, i, ms[i].key)
 		if ok && (r.kind == roleField && (r.field == fLat || r.field == fLon) ||
 			r.kind == roleContainer && r.slot == slotLocation) {
 			return elements{}, false
@@ -304,7 +342,8 @@ func (d *Decoder) wrapper(ms []member) (elements, bool) {
 		if rank < 0 || rank >= best || ms[i].kind != kindArray {
 			continue
 		}
-		if e, ok := appendElements(ms[i].raw, d.maxItems); ok && e.nonObject < 0 {
+		// A fresh slice each time: the array of found must stay as it is.
+		if e, ok := appendElements(nil, ms[i].raw, d.maxItems); ok && e.nonObject < 0 {
 			best, found = rank, e
 		}
 	}
@@ -318,7 +357,9 @@ func (d *Decoder) wrapper(ms []member) (elements, bool) {
 // object of the values with sorted keys: a string per key, or an array of
 // strings for a repeated key.
 func (d *Decoder) DecodeValues(v url.Values, now time.Time) (*Batch, error) {
-	keys := make([]string, 0, len(v))
+	st := getState(d, now)
+	defer st.release()
+	keys := st.items[:0]
 	for k, vals := range v {
 		if len(vals) > 0 && !d.ignored(k) {
 			keys = append(keys, k)
@@ -327,22 +368,25 @@ func (d *Decoder) DecodeValues(v url.Values, now time.Time) (*Batch, error) {
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("%w: empty body and no query parameters", ErrEmpty)
 	}
+	st.items = keys
 	slices.Sort(keys)
-	ms := make([]member, len(keys))
+	ms := st.members[:0]
 	size := 2
-	for i, k := range keys {
+	for _, k := range keys {
 		vals := v[k]
-		ms[i] = member{key: k, raw: vals[0], kind: kindString, form: true}
+		ms = append(ms, member{key: k, raw: vals[0], kind: kindString, form: true})
 		if len(vals) > 1 {
-			ms[i].list = vals
+			ms[len(ms)-1].list = vals
 		}
 		size += len(k) + 4
 		for _, x := range vals {
 			size += len(x) + 3
 		}
 	}
-	st := newItemState(d, now, 1)
-	b := &Batch{Coords: make([]Coord, 1)}
+	st.members = ms
+	st.setItems(1)
+	b := newBatch(1)
+	b.Coords = b.Coords[:1]
 	c := &b.Coords[0]
 	if why := st.item(ms, c); why != "" {
 		return &Batch{Rejected: []Rejection{{Index: 0, Error: why}}}, nil
@@ -377,19 +421,97 @@ func formRaw(dst []byte, ms []member) json.RawMessage {
 	return append(dst, '}')
 }
 
-// itemState is the scratch space of one Decode call.
+// itemState is the scratch space of one Decode call. The states are pooled:
+// the slices of members, item texts and roles keep their arrays from one call
+// to the next, so a request does not allocate them again.
 type itemState struct {
 	d       *Decoder
 	now     time.Time
 	members []member  // members of the current item
 	nested  []member  // members of its nested objects
+	items   []string  // each item as written, or the keys of form values
+	roles   roleCache // roles of the keys in members
+	nroles  roleCache // roles of the keys in nested
 	floats  []float64 // backing store of the optional measurements
 	chunk   int       // size of the next floats block
 	arena   []byte    // backing store of Raw
 }
 
-func newItemState(d *Decoder, now time.Time, items int) *itemState {
-	return &itemState{d: d, now: now.UTC(), chunk: min(5*items, 512)}
+var statePool = sync.Pool{New: func() any { return new(itemState) }}
+
+// The most members and items a pooled state keeps room for: the arrays grown
+// by a larger request are left to the garbage collector. A full batch of
+// http.max_batch = 1000 items stays under maxPooledItems.
+const (
+	maxPooledMembers = 1024
+	maxPooledItems   = 4096
+)
+
+func getState(d *Decoder, now time.Time) *itemState {
+	st := statePool.Get().(*itemState)
+	st.d, st.now = d, now.UTC()
+	return st
+}
+
+// setItems sizes the floats blocks for a request of n items.
+func (st *itemState) setItems(n int) { st.chunk = min(5*n, 512) }
+
+// release puts st back in the pool. What the caller was given (floats and
+// arena, which the coordinates point into) is dropped, never reused; what is
+// kept is cleared, so the pool holds no reference into a request.
+func (st *itemState) release() {
+	st.d, st.floats, st.arena = nil, nil, nil
+	st.members = clearPooled(st.members, maxPooledMembers)
+	st.nested = clearPooled(st.nested, maxPooledMembers)
+	st.roles = clearPooled(st.roles, maxPooledMembers)
+	st.nroles = clearPooled(st.nroles, maxPooledMembers)
+	st.items = clearPooled(st.items, maxPooledItems)
+	statePool.Put(st)
+}
+
+// clearPooled returns s emptied and zeroed over its whole capacity, or nil
+// when its capacity is over limit.
+func clearPooled[E any](s []E, limit int) []E {
+	if cap(s) > limit {
+		return nil
+	}
+	clear(s[:cap(s)])
+	return s[:0]
+}
+
+// roleCache holds the roles of the keys of a member list, by position, as
+// Decoder.lookup gave them. The items of a batch usually have the same keys
+// in the same order, so the role of the key at the same position of the
+// previous item is tried first: comparing two keys costs far less than
+// normalizing and hashing one.
+type roleCache []cachedRole
+
+type cachedRole struct {
+	key  string
+	role role
+	ok   bool
+}
+
+// maxCachedRoles is how many positions a roleCache covers: far more keys
+// than an item usually has, and a bound on the cache for one that has
+// thousands.
+const maxCachedRoles = 256
+
+// role returns the role of key, the i-th member of its list. The cache
+// grows when the members are looked up in order, from 0, as they are.
+func (c *roleCache) role(d *Decoder, i int, key string) (role, bool) {
+	rs := *c
+	if i < len(rs) && rs[i].key == key {
+		return rs[i].role, rs[i].ok
+	}
+	r, ok := d.lookup(key)
+	switch {
+	case i < len(rs):
+		rs[i] = cachedRole{key, r, ok}
+	case i == len(rs) && i < maxCachedRoles:
+		*c = append(rs, cachedRole{key, r, ok})
+	}
+	return r, ok
 }
 
 // float returns a pointer to a copy of v. The copies live in blocks shared by
@@ -432,7 +554,7 @@ func (st *itemState) item(top []member, c *Coord) string {
 	)
 	for i := range top {
 		m := &top[i]
-		r, ok := d.lookup(m.key)
+		r, ok := st.roles.role(d, i, m.key)
 		if !ok || !m.present() {
 			continue
 		}
@@ -483,7 +605,7 @@ func (st *itemState) item(top []member, c *Coord) string {
 			ns := st.nested[spans[slot][0]:spans[slot][1]]
 			for j := range ns {
 				n := &ns[j]
-				r, ok := d.lookup(n.key)
+				r, ok := st.nroles.role(d, spans[slot][0]+j, n.key)
 				if !ok || !n.present() {
 					continue
 				}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -635,6 +636,98 @@ func TestDecodeBatchIndexes(t *testing.T) {
 	if got := string(b.Coords[1].Raw); got != `{"device_id":"c","lat":2,"lon":2}` {
 		t.Errorf("raw of item 2 = %s", got)
 	}
+}
+
+// encodeBatch writes everything a Batch holds, for comparisons.
+func encodeBatch(b *Batch) string {
+	var out []byte
+	for i := range b.Coords {
+		out = b.Coords[i].AppendJSON(out)
+		out = append(out, '\n')
+	}
+	return fmt.Sprintf("%s%+v", out, b.Rejected)
+}
+
+// TestDecodeBatchMatchesSingles: an item decodes the same alone and among
+// items with other keys in other orders, compact or not, so nothing the
+// decoder remembers from one item (the roles of its keys, its members)
+// leaks into the next.
+func TestDecodeBatchMatchesSingles(t *testing.T) {
+	d := newDecoder(t, Options{Aliases: map[string][]string{"device_id": {"unidad"}, "event": {"id"}}})
+	items := []string{
+		`{"device_id":"a","lat":1,"lon":2,"x":1}`,
+		`{"lat":3,"device_id":"b","lon":4,"unidad":"u"}`,
+		`{"unidad":"c","Lat":5,"LNG":6,"bateria":0.5,"position":{"speed":7,"speed_unit":"kn"}}`,
+		`{"unidad":"d","position":{"lat":7,"lon":8},"lat":null,"id":"ev"}`,
+		`{"unidad":"e","location":"9,10","ts":1772366340,"position":{"speed_unit":"mph","speed":7}}`,
+		`{"unidad":"f","lon":11}`,
+		`{"device_id":"g","lat":1,"lon":2,"x":1,"extra":{"lat":1}}`,
+		`{"device_id":"h","lat":1,"lon":2,"x":"caf\u00e9","y":"a b"}`,
+	}
+	for _, sep := range []string{",", ",\n  "} {
+		b, err := d.DecodeJSON([]byte("["+strings.Join(items, sep)+"]"), goldenNow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0 // the index in b.Coords of the next accepted item
+		for i, it := range items {
+			one, err := d.DecodeJSON([]byte(it), goldenNow)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got string
+			if j := slices.IndexFunc(b.Rejected, func(r Rejection) bool { return r.Index == i }); j >= 0 {
+				got = fmt.Sprintf("%+v", []Rejection{{0, b.Rejected[j].Error}})
+			} else {
+				got = encodeBatch(&Batch{Coords: b.Coords[k : k+1]})
+				k++
+			}
+			if want := encodeBatch(one); got != want {
+				t.Errorf("item %d in a batch:\n got %s\nwant %s", i, got, want)
+			}
+		}
+	}
+}
+
+// TestDecodeResultOwnsMemory: a Batch stays as it was when the body is
+// overwritten and when the decoder (and its pooled scratch space) decodes
+// other requests, with this decoder or another.
+func TestDecodeResultOwnsMemory(t *testing.T) {
+	d := goldenDecoder(t)
+	other := newDecoder(t, Options{Aliases: map[string][]string{"lat": {"x"}, "lon": {"y"}}})
+	bodies := []string{
+		`{"device_id":"a","lat":1,"lon":2,"speed":3,"n":4,"s":"t","o":{"k":[1,"v"]}}`,
+		"{ \"device_id\" : \"a\", \"lat\" : 1, \"lon\" : 2, \"battery\" : \"0.5\", \"s\" : \"caf\\u00e9 \xff\" }",
+		`[{"device_id":"a","lat":1,"lon":2,"x":1},{"device_id":"b","position":{"lat":3,"lon":4,"z":[]}},{"lat":1}]`,
+		`{"data":[{"imei":"1","lat":1,"lon":2,"alt":3},{"imei":"2","lat":1,"lon":2,"alt":4}]}`,
+	}
+	check := func(name string, decode func() (*Batch, error), scribble func()) {
+		b, err := decode()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want := encodeBatch(b)
+		scribble()
+		for range 3 {
+			for _, body := range bodies {
+				for _, dec := range []*Decoder{d, other} {
+					dec.DecodeJSON([]byte(body), goldenNow.Add(time.Hour))
+					dec.DecodeValues(url.Values{"id": {"q"}, "x": {"5"}, "y": {"6"}, "k": {"1", "2"}}, goldenNow)
+				}
+			}
+		}
+		if got := encodeBatch(b); got != want {
+			t.Errorf("%s: batch changed by later decodes:\n got %s\nwant %s", name, got, want)
+		}
+	}
+	for i, body := range bodies {
+		buf := []byte(body)
+		check(fmt.Sprint("body ", i), func() (*Batch, error) { return d.DecodeJSON(buf, goldenNow) },
+			func() { copy(buf, strings.Repeat("#", len(buf))) })
+	}
+	v := url.Values{"device_id": {"f"}, "lat": {"1"}, "lon": {"2"}, "k": {"a", "b"}}
+	check("values", func() (*Batch, error) { return d.DecodeValues(v, goldenNow) },
+		func() { v["k"][0], v["device_id"][0] = "changed", "changed" })
 }
 
 // TestDecodeShapes: every body shape, and which are errors.

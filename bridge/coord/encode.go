@@ -74,6 +74,12 @@ func appendString(dst []byte, s string) []byte {
 // float64 ('f' format, or 'e' for very small and very large magnitudes, like
 // encoding/json). NaN and infinities, which JSON cannot hold, become null.
 func appendFloat(dst []byte, f float64) []byte {
+	if f == math.Trunc(f) && math.Abs(f) < maxWhole && !(f == 0 && math.Signbit(f)) {
+		// A whole number (a speed, heading or battery level often is):
+		// the shortest form is its integer digits, and AppendInt writes them
+		// several times faster. -0 keeps its sign through AppendFloat.
+		return strconv.AppendInt(dst, int64(f), 10)
+	}
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return append(dst, "null"...)
 	}
@@ -93,6 +99,11 @@ func appendFloat(dst []byte, f float64) []byte {
 	return dst
 }
 
+// maxWhole bounds the whole numbers appendFloat writes with AppendInt. Below
+// it float64 holds every integer and the gap between neighbours is under 1,
+// so the shortest form of a whole value is exactly its integer digits.
+const maxWhole = 1e15
+
 // appendTime appends t in UTC as an RFC 3339 JSON string with the fraction
 // trimmed of trailing zeros (time.RFC3339Nano), as encoding/json writes it.
 func appendTime(dst []byte, t time.Time) []byte {
@@ -104,10 +115,16 @@ func appendTime(dst []byte, t time.Time) []byte {
 // appendRaw appends raw compacted when it is valid JSON, and as a JSON string
 // otherwise, so the output is always valid.
 func appendRaw(dst []byte, raw []byte) []byte {
-	if validJSON(raw) {
-		return appendCompact(dst, raw)
+	ok, spaced := validate(raw)
+	switch {
+	case !ok:
+		return appendString(dst, string(raw))
+	case !spaced && utf8.Valid(raw):
+		// Compact already, as the Raw of a decoded Coord is: copied as is,
+		// which is what appendCompact would do in a second pass.
+		return append(dst, raw...)
 	}
-	return appendString(dst, string(raw))
+	return appendCompact(dst, raw)
 }
 
 // appendAny appends v as JSON. It knows the types the decoder puts in attrs

@@ -86,9 +86,17 @@ const maxDepth = 10000
 // surrounding white space. Like json.Valid it accepts any byte >= 0x80 inside
 // strings (invalid UTF-8 is replaced later, when strings are used).
 func validJSON[T ~string | ~[]byte](s T) bool {
+	ok, _ := validate(s)
+	return ok
+}
+
+// validate is validJSON that also reports whether s has white space outside
+// its strings: a valid s without any, and valid UTF-8, is its own compact
+// form (appendCompact would copy it unchanged).
+func validate[T ~string | ~[]byte](s T) (ok, spaced bool) {
 	v := validator[T]{s: s}
-	i, ok := v.value(skipSpaceT(s, 0), 1)
-	return ok && skipSpaceT(s, i) == len(s)
+	i, ok := v.value(v.space(s, 0), 1)
+	return ok && v.space(s, i) == len(s), v.spaced
 }
 
 func skipSpaceT[T ~string | ~[]byte](s T, i int) int {
@@ -98,11 +106,24 @@ func skipSpaceT[T ~string | ~[]byte](s T, i int) int {
 	return i
 }
 
-type validator[T ~string | ~[]byte] struct{ s T }
+type validator[T ~string | ~[]byte] struct {
+	s      T
+	spaced bool // white space was skipped
+}
+
+// space returns the index of the first byte of s (which is v.s) from i on
+// that is not white space, noting whether there was any.
+func (v *validator[T]) space(s T, i int) int {
+	j := skipSpaceT(s, i)
+	if j != i {
+		v.spaced = true
+	}
+	return j
+}
 
 // value checks the value starting at i (no leading space) and returns the
 // index just after it.
-func (v validator[T]) value(i, depth int) (int, bool) {
+func (v *validator[T]) value(i, depth int) (int, bool) {
 	s := v.s
 	if i >= len(s) {
 		return i, false
@@ -112,7 +133,7 @@ func (v validator[T]) value(i, depth int) (int, bool) {
 		if depth > maxDepth {
 			return i, false
 		}
-		i = skipSpaceT(s, i+1)
+		i = v.space(s, i+1)
 		if i < len(s) && s[i] == '}' {
 			return i + 1, true
 		}
@@ -124,14 +145,14 @@ func (v validator[T]) value(i, depth int) (int, bool) {
 			if i, ok = v.str(i); !ok {
 				return i, false
 			}
-			i = skipSpaceT(s, i)
+			i = v.space(s, i)
 			if i >= len(s) || s[i] != ':' {
 				return i, false
 			}
-			if i, ok = v.value(skipSpaceT(s, i+1), depth+1); !ok {
+			if i, ok = v.value(v.space(s, i+1), depth+1); !ok {
 				return i, false
 			}
-			i = skipSpaceT(s, i)
+			i = v.space(s, i)
 			if i >= len(s) {
 				return i, false
 			}
@@ -141,13 +162,13 @@ func (v validator[T]) value(i, depth int) (int, bool) {
 			if s[i] != ',' {
 				return i, false
 			}
-			i = skipSpaceT(s, i+1)
+			i = v.space(s, i+1)
 		}
 	case '[':
 		if depth > maxDepth {
 			return i, false
 		}
-		i = skipSpaceT(s, i+1)
+		i = v.space(s, i+1)
 		if i < len(s) && s[i] == ']' {
 			return i + 1, true
 		}
@@ -156,7 +177,7 @@ func (v validator[T]) value(i, depth int) (int, bool) {
 			if i, ok = v.value(i, depth+1); !ok {
 				return i, false
 			}
-			i = skipSpaceT(s, i)
+			i = v.space(s, i)
 			if i >= len(s) {
 				return i, false
 			}
@@ -166,7 +187,7 @@ func (v validator[T]) value(i, depth int) (int, bool) {
 			if s[i] != ',' {
 				return i, false
 			}
-			i = skipSpaceT(s, i+1)
+			i = v.space(s, i+1)
 		}
 	case '"':
 		return v.str(i)
@@ -181,14 +202,14 @@ func (v validator[T]) value(i, depth int) (int, bool) {
 	}
 }
 
-func (v validator[T]) lit(i int, word string) (int, bool) {
+func (v *validator[T]) lit(i int, word string) (int, bool) {
 	if len(v.s)-i < len(word) || string(v.s[i:i+len(word)]) != word {
 		return i, false
 	}
 	return i + len(word), true
 }
 
-func (v validator[T]) str(i int) (int, bool) {
+func (v *validator[T]) str(i int) (int, bool) {
 	s := v.s
 	for i++; i < len(s); i++ {
 		switch c := s[i]; {
@@ -221,7 +242,7 @@ func (v validator[T]) str(i int) (int, bool) {
 	return i, false
 }
 
-func (v validator[T]) num(i int) (int, bool) {
+func (v *validator[T]) num(i int) (int, bool) {
 	s := v.s
 	if i < len(s) && s[i] == '-' {
 		i++
@@ -400,9 +421,10 @@ type elements struct {
 
 // appendElements collects the elements of the array s (s[0] == '['), stopping
 // as soon as there are more than limit (limit <= 0: no limit), so an oversized
-// batch is refused without walking all of it.
-func appendElements(s string, limit int) (elements, bool) {
-	e := elements{nonObject: -1}
+// batch is refused without walking all of it. The elements are appended to
+// dst[:0], whose array is reused when it is large enough.
+func appendElements(dst []string, s string, limit int) (elements, bool) {
+	e := elements{items: dst[:0], nonObject: -1}
 	i := skipSpace(s, 1)
 	if i < len(s) && s[i] == ']' {
 		return e, true
@@ -532,49 +554,49 @@ func validUTF8(s string) string {
 // appendCompact appends the JSON text s, which must be valid, without
 // insignificant white space and with every invalid UTF-8 byte inside strings
 // replaced by U+FFFD, so the result is valid UTF-8 whatever the sender wrote.
+//
+// It copies runs of bytes that stay as they are with one append each, so
+// text that is already compact (the usual case: Raw of a decoded Coord) costs
+// one scan and one copy.
 func appendCompact[T ~string | ~[]byte](dst []byte, s T) []byte {
+	start := 0 // s[start:i] is kept, not yet appended
 	for i := 0; i < len(s); {
 		c := s[i]
 		if isSpace(c) {
+			dst = append(dst, s[start:i]...)
 			i++
+			start = i
 			continue
 		}
-		if c != '"' {
-			dst = append(dst, c)
-			i++
-			continue
-		}
-		// A string: copy it, checking UTF-8 only where a byte is >= 0x80.
-		dst = append(dst, '"')
 		i++
+		if c != '"' {
+			continue
+		}
+		// A string: keep it, checking UTF-8 only where a byte is >= 0x80.
 	str:
 		for i < len(s) {
-			c := s[i]
-			switch {
+			switch c := s[i]; {
 			case c == '"':
-				dst = append(dst, '"')
 				i++
 				break str
-			case c == '\\' && i+1 < len(s):
-				dst = append(dst, c, s[i+1])
-				i += 2
+			case c == '\\':
+				i += 2 // the escaped byte is kept whatever it is
 			case c < utf8.RuneSelf:
-				dst = append(dst, c)
 				i++
 			default:
 				var buf [utf8.UTFMax]byte
 				n := copy(buf[:], s[i:min(i+utf8.UTFMax, len(s))])
 				r, size := utf8.DecodeRune(buf[:n])
 				if r == utf8.RuneError && size == 1 {
+					dst = append(dst, s[start:i]...)
 					dst = append(dst, "\uFFFD"...)
-				} else {
-					dst = append(dst, s[i:i+size]...)
+					start = i + 1
 				}
 				i += size
 			}
 		}
 	}
-	return dst
+	return append(dst, s[start:]...)
 }
 
 // toAny converts the JSON value s (valid) to the value encoding/json would give

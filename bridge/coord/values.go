@@ -62,7 +62,7 @@ func epoch(s string) (time.Time, bool) {
 		s = s[1:]
 	}
 	mant, exp := s, 0
-	if i := strings.IndexAny(s, "eE"); i >= 0 {
+	if i := indexExp(s); i >= 0 {
 		mant = s[:i]
 		e, err := strconv.Atoi(s[i+1:])
 		if err != nil { // an exponent beyond int: zero, or far too large
@@ -199,7 +199,7 @@ func percentOf(m *member) (float64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	if !pct && v >= 0 && v <= 1 && strings.ContainsAny(text, ".eE") {
+	if !pct && v >= 0 && v <= 1 && (strings.IndexByte(text, '.') >= 0 || indexExp(text) >= 0) {
 		v = times100(text, v)
 	}
 	if !(v >= 0 && v <= 100) {
@@ -213,7 +213,7 @@ func percentOf(m *member) (float64, bool) {
 // 87.00000000000001.
 func times100(s string, v float64) float64 {
 	mant, exp := s, 0
-	if i := strings.IndexAny(s, "eE"); i >= 0 {
+	if i := indexExp(s); i >= 0 {
 		e, err := strconv.Atoi(s[i+1:])
 		if err != nil {
 			return v * 100
@@ -262,6 +262,18 @@ func toKmh(v float64, u speedUnit) float64 {
 		r = math.Round(r*1e6) / 1e6
 	}
 	return r
+}
+
+// indexExp returns the index of the first 'e' or 'E' in s, or -1. It is
+// strings.IndexAny(s, "eE") for the short texts of numbers, without the
+// set-up cost of IndexAny.
+func indexExp(s string) int {
+	for i := 0; i < len(s); i++ {
+		if s[i]|0x20 == 'e' { // 'E' | 0x20 == 'e', and no other byte
+			return i
+		}
+	}
+	return -1
 }
 
 // parseFloat parses decimal text (isDecimal) as a float64.
