@@ -132,7 +132,9 @@ type PublishResult struct {
 func (p *Publisher) Records(coords []coord.Coord) []spool.Record {
 	size := 0
 	for i := range coords {
-		size += 256 + len(coords[i].Raw)
+		// The canonical fields, plus raw and the attrs repeating its unmapped
+		// fields: enough that a typical batch never regrows the buffer.
+		size += 320 + 2*len(coords[i].Raw)
 	}
 	buf := make([]byte, 0, size)
 	ends := make([]int, len(coords))
