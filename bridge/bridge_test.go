@@ -428,6 +428,8 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		`ubiqo_bridge_publish_duration_seconds_count`,
 		`ubiqo_bridge_http_requests_in_flight`,
 		`ubiqo_bridge_nats_connected 1`,
+		`ubiqo_bridge_publish_pending 0`,
+		`ubiqo_bridge_publish_late_acks_total 0`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)

@@ -82,6 +82,21 @@ func (m *metrics) watchSpool(reg *prometheus.Registry, sp *spool.Spool) {
 	)
 }
 
+// watchPublisher exports the acks the publisher awaits and those that came
+// too late.
+func (m *metrics) watchPublisher(reg *prometheus.Registry, p *Publisher) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ubiqo_bridge_publish_pending",
+			Help: "Publishes awaiting their JetStream ack now (at most nats.max_pending).",
+		}, func() float64 { return float64(p.Pending()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ubiqo_bridge_publish_late_acks_total",
+			Help: "JetStream acks that arrived after their request had given up waiting (nats.publish_timeout); those coordinates were spooled or answered 503, and their message ids keep a retry from storing them twice.",
+		}, func() float64 { return float64(p.LateAcks()) }),
+	)
+}
+
 // NewRegistry returns a registry with the Go runtime and process collectors.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()

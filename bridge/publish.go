@@ -48,13 +48,14 @@ type Publisher struct {
 	sub     *nats.Subscription
 	pool    sync.Pool // *pubBatch
 
-	mu    sync.Mutex
-	ring  []pending // len is a power of two
-	mask  uint64
-	next  uint64        // id of the next publish; ids start at 1, 0 marks a free slot
-	space chan struct{} // closed (and replaced) when a slot frees while someone waits
-	wait  int           // publishers waiting for a free slot
-	late  atomic.Int64  // acks that arrived after their publish gave up
+	mu       sync.Mutex
+	ring     []pending // len is a power of two
+	mask     uint64
+	next     uint64        // id of the next publish; ids start at 1, 0 marks a free slot
+	awaiting atomic.Int64  // occupied slots
+	space    chan struct{} // closed (and replaced) when a slot frees while someone waits
+	wait     int           // publishers waiting for a free slot
+	late     atomic.Int64  // acks that arrived after their publish gave up
 }
 
 // pending is a publish awaiting its ack.
@@ -119,6 +120,9 @@ func (p *Publisher) Close() error {
 
 // LateAcks counts acks that arrived after their publish had given up.
 func (p *Publisher) LateAcks() int64 { return p.late.Load() }
+
+// Pending is the number of publishes awaiting their ack.
+func (p *Publisher) Pending() int64 { return p.awaiting.Load() }
 
 // PublishResult counts what JetStream said of a batch.
 type PublishResult struct {
@@ -229,6 +233,7 @@ func (p *Publisher) publish(ctx context.Context, recs []spool.Record) (PublishRe
 		b.ids[i] = id
 	}
 	b.left = len(recs)
+	p.awaiting.Add(int64(len(recs)))
 	p.mu.Unlock()
 
 	m := &b.msg
@@ -286,6 +291,7 @@ func (p *Publisher) failFrom(b *pubBatch, i int, err error) {
 			if slot := &p.ring[id&p.mask]; slot.id == id {
 				*slot = pending{}
 				b.left--
+				p.awaiting.Add(-1)
 			}
 		}
 	}
@@ -360,6 +366,7 @@ func (p *Publisher) onAck(m *nats.Msg) {
 	}
 	b, idx := slot.b, slot.idx
 	*slot = pending{}
+	p.awaiting.Add(-1)
 	b.acks[idx] = outcome
 	if ackErr != nil && b.err == nil {
 		b.err = fmt.Errorf("publish %s: %w", m.Subject, ackErr)

@@ -113,6 +113,9 @@ func TestPublisherRingSmallerThanLoad(t *testing.T) {
 	if n := streamMsgs(t, st); n != 500 {
 		t.Fatalf("stream holds %d messages, want 500", n)
 	}
+	if n := p.Pending(); n != 0 {
+		t.Fatalf("%d publishes still counted as awaiting their ack", n)
+	}
 }
 
 // A subject no stream takes: the server answers "no responders" at once.
@@ -174,6 +177,9 @@ func TestPublisherTimeoutAndLateAck(t *testing.T) {
 	}
 	if d := time.Since(start); d < 250*time.Millisecond {
 		t.Fatalf("gave up after %v, before the timeout", d)
+	}
+	if n := p.Pending(); n != 0 {
+		t.Fatalf("%d publishes still counted as awaiting their ack after the timeout", n)
 	}
 	for range 3 {
 		reply := <-late
