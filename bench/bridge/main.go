@@ -34,6 +34,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -103,9 +104,14 @@ func (r result) median(ld string, f func(sample) float64) float64 {
 	for _, x := range r.runs[ld] {
 		v = append(v, f(x))
 	}
+	return median(v)
+}
+
+func median(v []float64) float64 {
 	if len(v) == 0 {
 		return 0
 	}
+	v = slices.Clone(v)
 	sort.Float64s(v)
 	if len(v)%2 == 1 {
 		return v[len(v)/2]
@@ -231,7 +237,32 @@ func run(ctx context.Context, o options) error {
 		results[i] = result{name: p.name, runs: map[string][]sample{}, idleRSS: procs[i].proc.rss("VmRSS")}
 	}
 
+	// nats bench runs in every round too, plainly and shaped like the
+	// contract into a stream set up like COORDS.
+	like := coords.StreamConfig()
+	like.Name, like.Subjects = "NATSBENCH", []string{natsBenchShapedSubject + ".>"}
+	var plain, shaped []float64
 	for round := 0; round < o.rounds; round++ {
+		for _, shape := range []bool{false, true} {
+			if shape {
+				_ = js.DeleteStream(ctx, like.Name)
+				if _, err := js.CreateStream(ctx, like); err != nil {
+					return fmt.Errorf("create %s: %w", like.Name, err)
+				}
+			}
+			v, out, err := runNATSBench(ctx, natsCLI, natsURL, o.batch, shape)
+			if err != nil {
+				return fmt.Errorf("nats bench (contract-shaped %v): %w\n%s", shape, err, out)
+			}
+			if shape {
+				shaped = append(shaped, v)
+				_ = js.DeleteStream(ctx, like.Name)
+			} else {
+				plain = append(plain, v)
+				_ = js.DeleteStream(ctx, "benchstream")
+			}
+			logf("round %d nats bench js pub async (contract-shaped %v): %.0f msgs/s", round+1, shape, v)
+		}
 		for _, ld := range loads {
 			for k := range programs {
 				i := (k + round) % len(programs) // who goes first rotates
@@ -270,24 +301,6 @@ func run(ctx context.Context, o options) error {
 		results[i].peakRSS = procs[i].proc.rss("VmHWM")
 	}
 
-	plain, out, err := runNATSBench(ctx, natsCLI, natsURL, o.batch, false)
-	if err != nil {
-		return fmt.Errorf("nats bench: %w\n%s", err, out)
-	}
-	logf("nats bench js pub async: %.0f msgs/s", plain)
-	// The same bench shaped like the contract, into a stream set up like COORDS.
-	like := coords.StreamConfig()
-	like.Name, like.Subjects = "NATSBENCH", []string{natsBenchShapedSubject + ".>"}
-	_ = js.DeleteStream(ctx, like.Name)
-	if _, err := js.CreateStream(ctx, like); err != nil {
-		return fmt.Errorf("create %s: %w", like.Name, err)
-	}
-	shaped, out, err := runNATSBench(ctx, natsCLI, natsURL, o.batch, true)
-	if err != nil {
-		return fmt.Errorf("nats bench (contract-shaped): %w\n%s", err, out)
-	}
-	logf("nats bench js pub async, contract-shaped: %.0f msgs/s", shaped)
-
 	table := render(results, plain, shaped, o)
 	fmt.Println(table)
 	if o.out != "" {
@@ -306,7 +319,8 @@ func perReq(d time.Duration, n int64) float64 {
 	return float64(d.Microseconds()) / float64(n)
 }
 
-func render(rs []result, natsBench, natsShaped float64, o options) string {
+func render(rs []result, plainRuns, shapedRuns []float64, o options) string {
+	natsBench, natsShaped := median(plainRuns), median(shapedRuns)
 	by := map[string]result{}
 	for _, r := range rs {
 		by[r.name] = r
@@ -425,8 +439,17 @@ func render(rs []result, natsBench, natsShaped float64, o options) string {
 		}
 		b.WriteString("\n")
 	}
+	fmt.Fprintf(&b, "- nats bench, msgs/s: plain")
+	for _, v := range plainRuns {
+		fmt.Fprintf(&b, " %.0f", v)
+	}
+	fmt.Fprintf(&b, "; shaped like the contract")
+	for _, v := range shapedRuns {
+		fmt.Fprintf(&b, " %.0f", v)
+	}
+	b.WriteString("\n")
 
-	fmt.Fprintf(&b, "\n`nats bench js pub async` on the same server (%d-byte messages, batch %d, one client):\n\n", natsBenchSize, max(o.batch, 100))
+	fmt.Fprintf(&b, "\n`nats bench js pub async` on the same server, once per round (%d-byte messages, batch %d, one client; medians):\n\n", natsBenchSize, max(o.batch, 100))
 	fmt.Fprintf(&b, "| nats bench | msgs/s | ubiqo-bridge batches / it |\n|---|---|---|\n")
 	fmt.Fprintf(&b, "| plain: one subject, no headers, its own stream (no dedupe window, no compression) | %.0f | %s |\n", natsBench, ratio(coordsPS(br), natsBench))
 	fmt.Fprintf(&b, "| shaped like the contract: a Nats-Msg-Id per message, 10,000 subjects, the message headers, a stream set up like COORDS | %.0f | %s |\n\n", natsShaped, ratio(coordsPS(br), natsShaped))
