@@ -47,6 +47,7 @@ import (
 	"github.com/ubiqo-bridge/ubiqo-bridge/bench/load"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
+	"github.com/ubiqo-bridge/ubiqo-bridge/config"
 )
 
 type options struct {
@@ -59,12 +60,14 @@ type options struct {
 	natsCLI     string
 	keep        bool
 	rounds      int
+	compression string
 }
 
 func main() {
 	var o options
 	flag.DurationVar(&o.duration, "duration", 8*time.Second, "length of each load run")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of interleaved runs; the table shows their median")
+	flag.StringVar(&o.compression, "compression", defaultCompression(), "stream.compression of COORDS (and so of the naive bridge's writes too): s2 or none")
 	flag.IntVar(&o.connections, "connections", 64, "connections for the closed-loop runs")
 	flag.Float64Var(&o.rate, "rate", 5000, "requests per second of the fixed-rate run")
 	flag.IntVar(&o.batch, "batch", 100, "coordinates per request in the batch run")
@@ -176,6 +179,7 @@ func run(ctx context.Context, o options) error {
 	// The stream the bridge would create; the naive bridge publishes into it
 	// too. Made anew before every run.
 	coords := streamtest.Coords()
+	coords.Compression = o.compression == "s2"
 	fresh := func() error {
 		if err := js.DeleteStream(ctx, coords.Name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return err
@@ -204,7 +208,7 @@ func run(ctx context.Context, o options) error {
 		}},
 		{"bridge", func(addr string) []string {
 			return []string{filepath.Join(tmp, "bridge"), "--http.addr", addr, "--nats.url", natsURL,
-				"--spool.dir", filepath.Join(tmp, "spool"), "--log.level", "warn"}
+				"--spool.dir", filepath.Join(tmp, "spool"), "--log.level", "warn", "--stream.compression", o.compression}
 		}},
 	}
 	type live struct {
@@ -312,6 +316,16 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
+// defaultCompression is the bridge's default stream.compression.
+func defaultCompression() string {
+	for _, k := range config.Keys {
+		if k.Name == "stream.compression" {
+			return k.Default.(string)
+		}
+	}
+	return "s2"
+}
+
 func perReq(d time.Duration, n int64) float64 {
 	if n == 0 {
 		return 0
@@ -351,7 +365,7 @@ func render(rs []result, plainRuns, shapedRuns []float64, o options) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# ubiqo-bridge benchmark\n\n")
 	fmt.Fprintf(&b, "- date: %s\n- machine: %s, %d CPUs, %s\n- commit: %s\n", time.Now().UTC().Format(time.RFC3339), cpuModel(), runtime.NumCPU(), runtime.Version(), commit())
-	fmt.Fprintf(&b, "- load: bench/load in the benchmark process, %d devices, runs of %v; one nats-server (JetStream, file storage) for all, the COORDS stream made anew before every run\n", o.devices, o.duration)
+	fmt.Fprintf(&b, "- load: bench/load in the benchmark process, %d devices, runs of %v; one nats-server (JetStream, file storage) for all, the COORDS stream (stream.compression %s) made anew before every run\n", o.devices, o.duration, o.compression)
 	fmt.Fprintf(&b, "- %d rounds, the programs interleaved (each round runs every load against each program in turn); every figure is the median of the rounds\n\n", o.rounds)
 	fmt.Fprintf(&b, "| measure | bare HTTP | naive bridge | ubiqo-bridge | bridge / naive | bridge / bare |\n|---|---|---|---|---|---|\n")
 	row := func(name string, f func(r result) string, ratios ...string) {

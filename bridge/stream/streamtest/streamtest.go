@@ -106,6 +106,6 @@ func Coords() stream.CoordsConfig {
 	return stream.CoordsConfig{
 		Name: "COORDS", SubjectPrefix: "ubiqo.coords", Replicas: 1,
 		MaxAge: 720 * time.Hour, MaxBytes: -1, DuplicateWindow: 10 * time.Minute,
-		Compression: true, AllowDirect: true,
+		Compression: false, AllowDirect: true,
 	}
 }
