@@ -15,6 +15,7 @@ type metrics struct {
 	batchSeconds                 prometheus.Histogram
 	batchSize                    prometheus.Histogram
 	pending, ackPending          prometheus.Gauge
+	dlq                          prometheus.Gauge
 	unsettled                    prometheus.Gauge
 }
 
@@ -66,6 +67,11 @@ func newMetrics(reg *prometheus.Registry, consumer string) *metrics {
 			Help:        "Messages delivered and not yet acknowledged (num_ack_pending, read from the server).",
 			ConstLabels: labels,
 		}),
+		dlq: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "ubiqo_subscriber_dlq_messages",
+			Help:        "Messages in the DLQ stream, every consumer's (read from the server with the lag; 0 while the stream does not exist). Non-zero means dead letters wait to be re-driven or purged.",
+			ConstLabels: labels,
+		}),
 		unsettled: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name:        "ubiqo_subscriber_unsettled_messages",
 			Help:        "Messages this process holds and has not settled yet.",
@@ -80,7 +86,7 @@ func newMetrics(reg *prometheus.Registry, consumer string) *metrics {
 		m.settleErrors.WithLabelValues(op)
 	}
 	reg.MustRegister(processed, m.redelivered, m.handlerErrors, m.settleErrors, m.batchSeconds,
-		m.batchSize, m.pending, m.ackPending, m.unsettled,
+		m.batchSize, m.pending, m.ackPending, m.dlq, m.unsettled,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

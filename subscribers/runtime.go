@@ -376,6 +376,21 @@ func setupHint(err error, c Config) string {
 	}
 }
 
+// pollDLQ reads how many messages the DLQ stream holds.
+func (r *Runtime) pollDLQ(ctx context.Context) {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := r.js.Stream(ictx, stream.DLQStream)
+	switch {
+	case err == nil:
+		r.metrics.dlq.Set(float64(s.CachedInfo().State.Msgs))
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		r.metrics.dlq.Set(0)
+	default:
+		r.log.Debug().Err(err).Msg("DLQ stream info")
+	}
+}
+
 // pollLag reads the consumer's lag from the server every LagInterval, and
 // notes for /readyz whether the consumer still exists.
 func (r *Runtime) pollLag(ctx context.Context, cons jetstream.Consumer) {
@@ -390,6 +405,7 @@ func (r *Runtime) pollLag(ctx context.Context, cons jetstream.Consumer) {
 			r.metrics.pending.Set(float64(info.NumPending))
 			r.metrics.ackPending.Set(float64(info.NumAckPending))
 			r.health.consumerOK(nil)
+			r.pollDLQ(ctx)
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, jetstream.ErrConsumerNotFound):

@@ -183,7 +183,8 @@ func TestMaxDeliverExhaustedIsDeadLettered(t *testing.T) {
 
 func TestInvalidBodiesAreDeadLetteredWithoutReachingTheHandler(t *testing.T) {
 	e := newEnv(t)
-	rt, err := subscribers.New(e.js, subscribers.Config{Durable: "strict", BatchWait: 10 * time.Millisecond}, quietLog())
+	rt, err := subscribers.New(e.js, subscribers.Config{Durable: "strict", BatchWait: 10 * time.Millisecond,
+		HTTPAddr: "127.0.0.1:0", LagInterval: 100 * time.Millisecond}, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +201,11 @@ func TestInvalidBodiesAreDeadLetteredWithoutReachingTheHandler(t *testing.T) {
 
 	eventually(t, 10*time.Second, "three DLQ copies", func() bool { return len(e.dlqMessages(t)) == 3 })
 	eventually(t, 5*time.Second, "the good message", func() bool { return seen.Load() == 1 })
+	// Operators see the DLQ's size without asking the server.
+	eventually(t, 5*time.Second, "DLQ size 3 in /metrics", func() bool {
+		_, body := get(t, "http://"+rt.HTTPAddr().String()+"/metrics")
+		return strings.Contains(body, `ubiqo_subscriber_dlq_messages{consumer="strict"} 3`)
+	})
 	for _, m := range e.dlqMessages(t) {
 		errHdr := m.Headers().Get(subscribers.HeaderError)
 		if !strings.Contains(errHdr, "not a canonical coordinate") {
@@ -385,6 +391,7 @@ func TestHealthAndMetricsServed(t *testing.T) {
 	for _, want := range []string{
 		"ubiqo_subscriber_batch_duration_seconds_bucket", "ubiqo_subscriber_redelivered_total",
 		`ubiqo_subscriber_handler_errors_total{consumer="observed",kind="retryable"} 0`,
+		`ubiqo_subscriber_dlq_messages{consumer="observed"} 0`,
 		"ubiqo_test_rows_total 7", "process_resident_memory_bytes",
 	} {
 		if !strings.Contains(body, want) {
