@@ -251,6 +251,31 @@ func TestBadRequestDeadLettersAndNextFlows(t *testing.T) {
 	if got := metric(t, r.svc.Gatherer(), "ubiqo_forward_dead_lettered_total", map[string]string{"target": "backup", "reason": "http_400"}); got != 1 {
 		t.Errorf("dead-lettered metric = %v, want 1", got)
 	}
+	// The reasons known in advance are exported at 0 from the start, so
+	// rate() and increase() see their first event.
+	fams, err := r.svc.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"ubiqo_forward_retried_total/timeout": false, "ubiqo_forward_retried_total/network": false,
+		"ubiqo_forward_dead_lettered_total/max_deliver": false, "ubiqo_forward_dead_lettered_total/max_age": false,
+		"ubiqo_forward_dead_lettered_total/encode": false}
+	for _, f := range fams {
+		for _, m := range f.Metric {
+			for _, lp := range m.Label {
+				if lp.GetName() == "reason" {
+					if _, ok := want[f.GetName()+"/"+lp.GetValue()]; ok {
+						want[f.GetName()+"/"+lp.GetValue()] = true
+					}
+				}
+			}
+		}
+	}
+	for k, seen := range want {
+		if !seen {
+			t.Errorf("%s not exported before its first event", k)
+		}
+	}
 }
 
 // 429 with Retry-After (seconds, or an HTTP date) pauses the target at

@@ -239,6 +239,14 @@ func newTargetRun(js JetStream, t Target, opts Options, m *metrics, reg promethe
 	m.delivered.WithLabelValues(t.Name)
 	m.outOfOrder.WithLabelValues(t.Name)
 	m.stale.WithLabelValues(t.Name)
+	// The reasons that are not an HTTP status are known in advance; an
+	// http_<code> reason appears at its first event.
+	for _, reason := range []string{"timeout", "network"} {
+		m.retried.WithLabelValues(t.Name, reason)
+	}
+	for _, reason := range []string{"max_deliver", "max_age", "encode"} {
+		m.dead.WithLabelValues(t.Name, reason)
+	}
 	gauge := m.breaker.WithLabelValues(t.Name)
 	gauge.Set(float64(breakerClosed))
 	r.brk = newBreaker(t.BreakerFailures, t.BreakerCooldown, func(from, to breakerState) {
