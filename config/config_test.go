@@ -201,6 +201,27 @@ func TestPrintConfigMasksSecrets(t *testing.T) {
 	}
 }
 
+// Forward targets given as JSON are masked field by field, like those of
+// the file: the name and where it points stay readable.
+func TestPrintConfigMasksTargetsJSON(t *testing.T) {
+	t.Setenv("UBIQO_FORWARD_TARGETS_JSON", `[{"name":"backup","url":"https://svc:url-pass-secret@backup.example/in?key=query-secret",`+
+		`"headers":{"Authorization":"Bearer header-secret"},"signing_secret":"whsec_c2lnbmluZy1zZWNyZXQtb2YtMzItYnl0ZXMtbG9uZw=="}]`)
+	_, out, err := load(t, Forwarder, "--print-config")
+	if !errors.Is(err, ErrShown) {
+		t.Fatalf("want ErrShown, got %v", err)
+	}
+	for _, secret := range []string{"url-pass-secret", "query-secret", "header-secret", "c2lnbmluZy1zZWNyZXQ"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("--print-config shows secret %q:\n%s", secret, out)
+		}
+	}
+	for _, want := range []string{"name: backup", "backup.example/in", "Authorization: '***'", "signing_secret: '***'"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 func TestMaskDSN(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"postgres://app:s3cret@db:5432/coords?sslmode=disable", "postgres://app:***@db:5432/coords?sslmode=disable"},

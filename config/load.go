@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -197,6 +198,49 @@ func secretKeys() map[string]bool {
 
 const masked = "***"
 
+// maskTargets copies forward targets with their secrets masked field by
+// field, so --print-config still shows each target's name, where it points
+// and its settings: header values and the signing secret become ***, and
+// the URL loses its password and query values (RedactURL).
+func maskTargets(list []any) []any {
+	out := make([]any, len(list))
+	for i, t := range list {
+		m, ok := t.(map[string]any)
+		if !ok {
+			out[i] = masked
+			continue
+		}
+		c := make(map[string]any, len(m))
+		for k, v := range m {
+			switch strings.ToLower(k) {
+			case "headers":
+				if h, ok := v.(map[string]any); ok {
+					hm := make(map[string]any, len(h))
+					for hk := range h {
+						hm[hk] = masked
+					}
+					v = hm
+				} else if v != nil {
+					v = masked
+				}
+			case "signing_secret":
+				if s, ok := v.(string); !ok || s != "" {
+					v = masked
+				}
+			case "url":
+				if s, ok := v.(string); ok {
+					v = RedactURL(s)
+				} else if v != nil {
+					v = masked
+				}
+			}
+			c[k] = v
+		}
+		out[i] = c
+	}
+	return out
+}
+
 // maskSettings copies a nested settings map, masking secrets. A DSN keeps
 // everything but its password, so an operator can still see where it points.
 func maskSettings(s map[string]any) map[string]any {
@@ -234,6 +278,19 @@ func maskSettings(s map[string]any) map[string]any {
 }
 
 func maskValue(name string, val any) any {
+	switch name {
+	case "forward.targets":
+		if list, ok := val.([]any); ok {
+			return maskTargets(list)
+		}
+	case "forward.targets_json":
+		if s, ok := val.(string); ok && s != "" {
+			var list []any
+			if json.Unmarshal([]byte(s), &list) == nil {
+				return maskTargets(list)
+			}
+		}
+	}
 	switch x := val.(type) {
 	case string:
 		if x == "" {

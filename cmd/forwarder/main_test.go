@@ -255,6 +255,14 @@ func TestPrintConfigMasksSecrets(t *testing.T) {
 	if !strings.Contains(out.String(), "forward:") {
 		t.Errorf("--print-config lacks the forward section:\n%s", out.String())
 	}
+	// Only the secrets are masked: each target's name, URL, header names
+	// and settings stay visible.
+	for _, want := range []string{"name: plain", "name: signed", plain.srv.URL + "/in", signed.srv.URL + "/hook",
+		"authorization: '***'", "signing_secret: '***'", "concurrency: 4", "camión 2"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--print-config lacks %q:\n%s", want, out.String())
+		}
+	}
 }
 
 // Targets can come as JSON in UBIQO_FORWARD_TARGETS_JSON.
