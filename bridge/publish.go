@@ -167,7 +167,7 @@ func (p *Publisher) Records(coords []coord.Coord) []spool.Record {
 func (p *Publisher) Publish(ctx context.Context, recs []spool.Record) (PublishResult, error) {
 	// A batch takes its ring slots all at once; one larger than half the
 	// ring goes in parts.
-	chunk := len(p.ring) / 2
+	chunk := max(len(p.ring)/2, 1)
 	if len(recs) <= chunk {
 		return p.publish(ctx, recs)
 	}

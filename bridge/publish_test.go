@@ -118,6 +118,19 @@ func TestPublisherRingSmallerThanLoad(t *testing.T) {
 	}
 }
 
+// The smallest ring (nats.max_pending 1) still publishes a batch, one
+// message at a time.
+func TestPublisherRingOfOne(t *testing.T) {
+	p, _, st := pubEnv(t, 1, 5*time.Second, nil)
+	res, err := p.Publish(context.Background(), testRecs("one", 5))
+	if err != nil || res.Stored != 5 {
+		t.Fatalf("got %+v, %v", res, err)
+	}
+	if n := streamMsgs(t, st); n != 5 {
+		t.Fatalf("stream holds %d messages, want 5", n)
+	}
+}
+
 // A subject no stream takes: the server answers "no responders" at once.
 func TestPublisherNoStream(t *testing.T) {
 	p, _, _ := pubEnv(t, 16, 5*time.Second, nil)

@@ -142,6 +142,7 @@ func TestValidationNamesKey(t *testing.T) {
 		{"negative body", Bridge, nil, []string{"--http.max_body_bytes=-1"}, []string{"http.max_body_bytes", "must be positive"}},
 		{"zone", Bridge, map[string]string{"UBIQO_INGEST_DEFAULT_TIMEZONE": "Mars/Olympus"}, nil, []string{"ingest.default_timezone"}},
 		{"replicas", Bridge, nil, []string{"--stream.replicas=7"}, []string{"stream.replicas", "1 to 5"}},
+		{"max pending", Bridge, nil, []string{"--nats.max_pending=100000000"}, []string{"nats.max_pending", "at most 1048576"}},
 		{"nats url", Bridge, map[string]string{"UBIQO_NATS_URL": "http://x:4222"}, nil, []string{"nats.url", "scheme"}},
 		{"driver", Persister, map[string]string{"UBIQO_PERSIST_DRIVER": "mysql"}, nil, []string{"persist.driver"}},
 		{"tls pair", Bridge, nil, []string{"--http.tls_cert=c.pem"}, []string{"http.tls_cert and http.tls_key"}},

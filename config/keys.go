@@ -87,7 +87,7 @@ var Keys = []Key{
 	{Name: "nats.name", Default: "", Usage: "connection name shown by the server (default: the binary name)"},
 	{Name: "nats.connect_timeout", Default: 5 * time.Second, Usage: "time to wait for the first connection"},
 	{Name: "nats.publish_timeout", Default: 5 * time.Second, Usage: "longest wait for a JetStream publish ack", Only: bins(Bridge)},
-	{Name: "nats.max_pending", Default: 4096, Usage: "most publishes awaiting their ack at once", Only: bins(Bridge)},
+	{Name: "nats.max_pending", Default: 4096, Usage: "most publishes awaiting their ack at once (at most 1048576); beyond, a request waits for room up to nats.publish_timeout", Only: bins(Bridge)},
 	{Name: "nats.embedded.listen", Default: "127.0.0.1:4222", Usage: "where the embedded server listens (subscribers and the nats CLI connect here)", Only: bins(Bridge)},
 	{Name: "nats.embedded.store_dir", Default: "./data/nats", Usage: "storage directory of the embedded server", Only: bins(Bridge)},
 	{Name: "nats.embedded.max_store", Default: int64(0), Usage: "file storage limit of the embedded server in bytes; 0 = server default", Only: bins(Bridge)},

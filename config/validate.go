@@ -38,6 +38,9 @@ func (c *Config) Validate(b Binary) error {
 		}
 		v.duration("nats.publish_timeout", c.NATS.PublishTimeout)
 		v.positive("nats.max_pending", int64(c.NATS.MaxPending))
+		if c.NATS.MaxPending > maxPending {
+			v.bad("nats.max_pending", c.NATS.MaxPending, fmt.Sprintf("must be at most %d (the bridge keeps a slot for each)", maxPending))
+		}
 		if c.NATS.URL == "" {
 			v.hostPort("nats.embedded.listen", c.NATS.Embedded.Listen)
 			if c.NATS.Embedded.StoreDir == "" {
@@ -157,6 +160,10 @@ func (c *Config) Validate(b Binary) error {
 var extraValidators []func(c *Config, b Binary) []error
 
 type validator struct{ errs []error }
+
+// maxPending bounds nats.max_pending: the bridge allocates a ring slot for
+// each publish awaiting its ack.
+const maxPending = 1 << 20
 
 func (v *validator) bad(key string, got any, msg string) {
 	v.errs = append(v.errs, fmt.Errorf("config: %s: %s (got %q)", key, msg, fmt.Sprint(got)))
