@@ -22,7 +22,7 @@ help: ## list the targets
 NATS_LISTEN ?= $(shell (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && echo 127.0.0.1:4223 || echo 127.0.0.1:4222)
 
 run: ## run the bridge with an embedded JetStream server (no other setup)
-	@[ "$(NATS_LISTEN)" = 127.0.0.1:4222 ] || echo "note: 127.0.0.1:4222 is taken (another NATS server?); the embedded server listens on $(NATS_LISTEN)"
+	@[ "$(NATS_LISTEN)" = 127.0.0.1:4222 ] || echo "note: 127.0.0.1:4222 is taken (another NATS server?); the embedded server listens on $(NATS_LISTEN). Point the subscribers and the nats CLI at it: export UBIQO_NATS_URL=nats://$(NATS_LISTEN) NATS_URL=nats://$(NATS_LISTEN)"
 	$(GO) run ./cmd/bridge --log.format=console --nats.embedded.listen=$(NATS_LISTEN)
 
 build: ## build static binaries into bin/
