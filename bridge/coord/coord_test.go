@@ -3,6 +3,7 @@ package coord
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"reflect"
@@ -334,5 +335,50 @@ func TestValidate(t *testing.T) {
 		if err := c.Validate(); err == nil || err.Error() != tt.want {
 			t.Errorf("%s: Validate() = %v, want %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// The allocation budget of the hot path (issue 7): decoding a request and
+// encoding each coordinate's canonical record and message id stay within a
+// fixed number of allocations per coordinate, whatever the batch size. The
+// remaining ones are the body copy, the attrs map and its values.
+func TestAllocationBudget(t *testing.T) {
+	d, err := NewDecoder(Options{MaxItems: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	item := func(i int) string {
+		return fmt.Sprintf(`{"device_id":"35693803564%04d","lat":19.4326%02d,"lon":-99.1332%02d,"timestamp":"2026-03-01T11:%02d:30Z",`+
+			`"speed":"42.5","heading":270,"battery":0.87,"event":"position","driver":"Ana López","ignition":true}`, i, i%100, i%100, i%60)
+	}
+	pipeline := func(body []byte, n int) float64 {
+		return testing.AllocsPerRun(50, func() {
+			batch, err := d.Decode("application/json", body, nil, goldenNow)
+			if err != nil || len(batch.Coords) != n {
+				t.Fatalf("decode: %v, %d coordinates", err, len(batch.Coords))
+			}
+			size := 0
+			for i := range batch.Coords {
+				size += 320 + 2*len(batch.Coords[i].Raw) // as bridge.Publisher.Records sizes it
+			}
+			buf := make([]byte, 0, size)
+			for i := range batch.Coords {
+				buf = batch.Coords[i].AppendJSON(buf)
+				_ = batch.Coords[i].MsgID()
+			}
+		})
+	}
+	single := pipeline([]byte(item(1)), 1)
+	items := make([]string, 100)
+	for i := range items {
+		items[i] = item(i)
+	}
+	batch := pipeline([]byte("["+strings.Join(items, ",")+"]"), 100)
+	t.Logf("allocations: %.0f for one coordinate, %.0f for 100 (%.2f each)", single, batch, batch/100)
+	if single > 12 {
+		t.Errorf("one coordinate takes %.0f allocations, budget 12", single)
+	}
+	if batch/100 > 6 {
+		t.Errorf("a batch of 100 takes %.2f allocations per coordinate, budget 6", batch/100)
 	}
 }
