@@ -52,6 +52,30 @@ func testRecs(prefix string, n int) []spool.Record {
 	return recs
 }
 
+// onSubjects moves recs to subjects under root (one no stream takes).
+func onSubjects(recs []spool.Record, root string) []spool.Record {
+	for i := range recs {
+		recs[i].Subject = root + "." + recs[i].Device
+	}
+	return recs
+}
+
+// unacked subscribes a plain subscriber to slow.>, which no stream takes:
+// it never acks, and hands each message's reply subject to the test.
+func unacked(t *testing.T, nc *nats.Conn) <-chan string {
+	t.Helper()
+	replies := make(chan string, 64)
+	sub, err := nc.Subscribe("slow.>", func(m *nats.Msg) { replies <- m.Reply })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return replies
+}
+
 func streamMsgs(t *testing.T, st jetstream.Stream) uint64 {
 	t.Helper()
 	info, err := st.Info(context.Background())
@@ -134,10 +158,7 @@ func TestPublisherRingOfOne(t *testing.T) {
 // A subject no stream takes: the server answers "no responders" at once.
 func TestPublisherNoStream(t *testing.T) {
 	p, _, _ := pubEnv(t, 16, 5*time.Second, nil)
-	recs := testRecs("x", 3)
-	for i := range recs {
-		recs[i].Subject = "elsewhere." + recs[i].Device
-	}
+	recs := onSubjects(testRecs("x", 3), "elsewhere")
 	start := time.Now()
 	res, err := p.Publish(context.Background(), recs)
 	if !errors.Is(err, ErrNotStored) || !errors.Is(err, nats.ErrNoResponders) || len(res.Failed) != 3 || res.Stored != 0 {
@@ -170,19 +191,10 @@ func TestPublisherJetStreamError(t *testing.T) {
 // publishes, and ignores the ack when it finally comes.
 func TestPublisherTimeoutAndLateAck(t *testing.T) {
 	p, nc, _ := pubEnv(t, 4, 300*time.Millisecond, nil)
-	// A plain subscriber on subjects no stream takes: it swallows the
-	// message and answers only after the publisher gave up.
-	late := make(chan string, 16)
-	sub, err := nc.Subscribe("slow.>", func(m *nats.Msg) { late <- m.Reply })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	_ = nc.Flush()
-	recs := testRecs("s", 3)
-	for i := range recs {
-		recs[i].Subject = "slow." + recs[i].Device
-	}
+	// Nobody acks at first; the test answers only after the publisher
+	// gave up.
+	late := unacked(t, nc)
+	recs := onSubjects(testRecs("s", 3), "slow")
 	start := time.Now()
 	res, err := p.Publish(context.Background(), recs)
 	if !errors.Is(err, ErrNotStored) || len(res.Failed) != 3 || !strings.Contains(err.Error(), "publish_timeout") {
@@ -218,16 +230,8 @@ func TestPublisherTimeoutAndLateAck(t *testing.T) {
 // The caller going away ends the wait at once.
 func TestPublisherContextCanceled(t *testing.T) {
 	p, nc, _ := pubEnv(t, 16, 10*time.Second, nil)
-	sub, err := nc.Subscribe("slow.>", func(*nats.Msg) {})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	_ = nc.Flush()
-	recs := testRecs("c", 2)
-	for i := range recs {
-		recs[i].Subject = "slow." + recs[i].Device
-	}
+	unacked(t, nc)
+	recs := onSubjects(testRecs("c", 2), "slow")
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()

@@ -13,6 +13,15 @@ func benchItem(i int) string {
 		`"driver":"Ana López","ignition":true,"odometer_km":120345.7}`, i, i%100, i%100, i%60)
 }
 
+// benchBatch is a JSON array of n benchItems.
+func benchBatch(n int) []byte {
+	items := make([]string, n)
+	for i := range items {
+		items[i] = benchItem(i)
+	}
+	return []byte("[" + strings.Join(items, ",") + "]")
+}
+
 func benchDecoder(b *testing.B) *Decoder {
 	b.Helper()
 	d, err := NewDecoder(Options{MaxItems: 1000})
@@ -37,11 +46,7 @@ func BenchmarkDecodeSingle(b *testing.B) {
 
 func BenchmarkDecodeBatch100(b *testing.B) {
 	d := benchDecoder(b)
-	items := make([]string, 100)
-	for i := range items {
-		items[i] = benchItem(i)
-	}
-	body := []byte("[" + strings.Join(items, ",") + "]")
+	body := benchBatch(100)
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -97,11 +102,7 @@ func BenchmarkToken(b *testing.B) {
 // the message id.
 func BenchmarkPipelineBatch100(b *testing.B) {
 	d := benchDecoder(b)
-	items := make([]string, 100)
-	for i := range items {
-		items[i] = benchItem(i)
-	}
-	body := []byte("[" + strings.Join(items, ",") + "]")
+	body := benchBatch(100)
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -111,7 +112,7 @@ func BenchmarkPipelineBatch100(b *testing.B) {
 		}
 		size := 0
 		for i := range batch.Coords {
-			size += 256 + len(batch.Coords[i].Raw)
+			size += 320 + 2*len(batch.Coords[i].Raw) // as bridge.Publisher.Records sizes it
 		}
 		buf := make([]byte, 0, size)
 		for i := range batch.Coords {

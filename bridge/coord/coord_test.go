@@ -3,7 +3,6 @@ package coord
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"reflect"
@@ -347,10 +346,6 @@ func TestAllocationBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	item := func(i int) string {
-		return fmt.Sprintf(`{"device_id":"35693803564%04d","lat":19.4326%02d,"lon":-99.1332%02d,"timestamp":"2026-03-01T11:%02d:30Z",`+
-			`"speed":"42.5","heading":270,"battery":0.87,"event":"position","driver":"Ana López","ignition":true}`, i, i%100, i%100, i%60)
-	}
 	pipeline := func(body []byte, n int) float64 {
 		return testing.AllocsPerRun(50, func() {
 			batch, err := d.Decode("application/json", body, nil, goldenNow)
@@ -368,12 +363,8 @@ func TestAllocationBudget(t *testing.T) {
 			}
 		})
 	}
-	single := pipeline([]byte(item(1)), 1)
-	items := make([]string, 100)
-	for i := range items {
-		items[i] = item(i)
-	}
-	batch := pipeline([]byte("["+strings.Join(items, ",")+"]"), 100)
+	single := pipeline([]byte(benchItem(1)), 1)
+	batch := pipeline(benchBatch(100), 100)
 	t.Logf("allocations: %.0f for one coordinate, %.0f for 100 (%.2f each)", single, batch, batch/100)
 	if single > 12 {
 		t.Errorf("one coordinate takes %.0f allocations, budget 12", single)
