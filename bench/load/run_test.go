@@ -486,3 +486,33 @@ func TestTLS(t *testing.T) {
 		t.Errorf("answered %d, server saw %d, errors %v", s.Answered, b.requests, s.ErrorKinds)
 	}
 }
+
+// A histogram quantile is the top of its bucket and can lie above the exact
+// maximum (4.125734ms falls in a bucket reported as 4.127ms); the summary
+// never shows a percentile above Max.
+func TestPercentilesNotAboveMax(t *testing.T) {
+	fleet, err := NewFleet(FleetConfig{Devices: 1, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCollector(&runner{cfg: Config{Method: "POST", Batch: 1}, fleet: fleet})
+	for range 99 {
+		c.total.record(68 * time.Microsecond)
+	}
+	c.total.record(4125734 * time.Nanosecond)
+	if raw := time.Duration(c.total.hist.ValueAtQuantile(100)) * time.Microsecond; raw <= c.total.maxLat {
+		t.Fatalf("bucket top %s is not above the exact max %s; the case no longer tests the clamp", raw, c.total.maxLat)
+	}
+	l := c.summary(time.Second, false).Latency
+	if l.Max != 4125734*time.Nanosecond {
+		t.Errorf("max %s, want 4.125734ms", l.Max)
+	}
+	for name, v := range map[string]time.Duration{"p50": l.P50, "p90": l.P90, "p99": l.P99, "p99.9": l.P999} {
+		if v > l.Max {
+			t.Errorf("%s %s above max %s", name, v, l.Max)
+		}
+	}
+	if l.P50 != 68*time.Microsecond {
+		t.Errorf("p50 %s, want 68µs", l.P50)
+	}
+}

@@ -99,7 +99,9 @@ func (c *collector) summary(elapsed time.Duration, interrupted bool) Summary {
 		s.CoordinatesPerSec = float64(t.coords2xx) / secs
 	}
 	if h := t.hist; h.TotalCount() > 0 {
-		us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+		// A quantile is the highest value of its histogram bucket, which
+		// can lie above the exact maximum; clamp so that P99 <= Max holds.
+		us := func(v int64) time.Duration { return min(time.Duration(v)*time.Microsecond, t.maxLat) }
 		s.Latency = Latency{
 			Min:  us(h.Min()),
 			Mean: time.Duration(h.Mean() * float64(time.Microsecond)),
