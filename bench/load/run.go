@@ -550,7 +550,7 @@ func (c *collector) collect() Progress {
 	iv := &c.interval
 	p := Progress{Rate: float64(iv.answered) / now.Sub(since).Seconds()}
 	if iv.hist.TotalCount() > 0 {
-		p.P99 = time.Duration(iv.hist.ValueAtQuantile(99)) * time.Microsecond
+		p.P99 = min(time.Duration(iv.hist.ValueAtQuantile(99))*time.Microsecond, iv.maxLat)
 	}
 	c.total.add(iv)
 	t := &c.total
