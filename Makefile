@@ -40,7 +40,7 @@ test-unit:
 	$(GO) test -count=1 -timeout 20m -skip '$(GUARANTEES)' ./...
 
 test-guarantees:
-	set -o pipefail; $(GO) test -count=1 -timeout 20m -v -run '$(GUARANTEES)' ./bridge/ ./cmd/bridge/ ./subscribers/persist/ \
+	set -o pipefail; $(GO) test -count=1 -timeout 20m -v -run '$(GUARANTEES)' ./bridge/ ./cmd/bridge/ ./subscribers/ ./subscribers/persist/ \
 		| grep -Ev '^\s*$$|^=== (PAUSE|CONT)|writer\.go:[0-9]+: \{'
 
 fuzz-short: ## run each fuzz target briefly

@@ -24,6 +24,7 @@ type health struct {
 
 	mu       sync.Mutex
 	consumer error // nil once the durable exists, as last seen
+	pull     error // non-nil while pull requests keep failing
 	checks   map[string]ReadyCheck
 }
 
@@ -39,6 +40,12 @@ func (h *health) add(name string, check ReadyCheck) {
 	h.checks[name] = check
 }
 
+func (h *health) pullFailing(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pull = err
+}
+
 func (h *health) consumerOK(err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -49,6 +56,9 @@ func (h *health) consumerOK(err error) {
 func (h *health) status(ctx context.Context) (map[string]string, error) {
 	h.mu.Lock()
 	consumerErr := h.consumer
+	if consumerErr == nil {
+		consumerErr = h.pull
+	}
 	names := make([]string, 0, len(h.checks))
 	for n := range h.checks {
 		names = append(names, n)

@@ -17,6 +17,7 @@ type metrics struct {
 	pending, ackPending          prometheus.Gauge
 	dlq                          prometheus.Gauge
 	unsettled                    prometheus.Gauge
+	pullErrors                   prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, consumer string) *metrics {
@@ -72,6 +73,11 @@ func newMetrics(reg *prometheus.Registry, consumer string) *metrics {
 			Help:        "Messages in the DLQ stream, every consumer's (read from the server with the lag; 0 while the stream does not exist). Non-zero means dead letters wait to be re-driven or purged.",
 			ConstLabels: labels,
 		}),
+		pullErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "ubiqo_subscriber_pull_errors_total",
+			Help:        "Pull requests that failed other than by timing out on an idle stream (no responders, disconnected, ...). Increasing steadily means nothing is being consumed.",
+			ConstLabels: labels,
+		}),
 		unsettled: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name:        "ubiqo_subscriber_unsettled_messages",
 			Help:        "Messages this process holds and has not settled yet.",
@@ -86,7 +92,7 @@ func newMetrics(reg *prometheus.Registry, consumer string) *metrics {
 		m.settleErrors.WithLabelValues(op)
 	}
 	reg.MustRegister(processed, m.redelivered, m.handlerErrors, m.settleErrors, m.batchSeconds,
-		m.batchSize, m.pending, m.ackPending, m.dlq, m.unsettled,
+		m.batchSize, m.pending, m.ackPending, m.dlq, m.unsettled, m.pullErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -188,6 +188,8 @@ const fetchWait = 500 * time.Millisecond
 // returns early, dropping what it holds, when hard is closed, and with an
 // error when the consumer is gone.
 func (r *Runtime) fetch(stop context.Context, cons jetstream.Consumer, n int, in chan<- jetstream.Msg, hard <-chan struct{}) error {
+	failing := pullFailures{r: r}
+	defer failing.ok()
 	for stop.Err() == nil {
 		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(fetchWait))
 		if err == nil {
@@ -202,12 +204,14 @@ func (r *Runtime) fetch(stop context.Context, cons jetstream.Consumer, n int, in
 		}
 		switch {
 		case err == nil, errors.Is(err, nats.ErrTimeout):
+			failing.ok()
 		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
 			return fmt.Errorf("%w: %v", errConsumerGone, err)
 		default:
 			// Disconnected, server restarting, leader moving: the
 			// connection reconnects by itself; try again shortly.
-			r.log.Debug().Err(err).Msg("fetch")
+			r.metrics.pullErrors.Inc()
+			failing.failed(err)
 			select {
 			case <-stop.Done():
 			case <-hard:
@@ -217,6 +221,61 @@ func (r *Runtime) fetch(stop context.Context, cons jetstream.Consumer, n int, in
 		}
 	}
 	return nil
+}
+
+// pullFailingAfter is how long pull requests must fail in a row before
+// /readyz turns false: longer than a leader election or a reconnect, which
+// heal by themselves.
+const pullFailingAfter = 5 * time.Second
+
+// pullFailingLogEvery spaces the warnings while pulls keep failing.
+const pullFailingLogEvery = 30 * time.Second
+
+// pullFailures follows a run of failed pull requests. A consumer without a
+// leader (a cluster that lost quorum), a JetStream that went away or a
+// permissions change make every pull fail while the connection stays up;
+// past pullFailingAfter that shows on /readyz and in the log, rather than
+// the subscriber idling and looking healthy.
+type pullFailures struct {
+	r       *Runtime
+	since   time.Time // zero: the last pull succeeded
+	count   int
+	logged  time.Time
+	unready bool
+}
+
+func (f *pullFailures) failed(err error) {
+	now := time.Now()
+	if f.since.IsZero() {
+		f.since = now
+	}
+	f.count++
+	failingFor := now.Sub(f.since)
+	if failingFor < pullFailingAfter {
+		f.r.log.Debug().Err(err).Msg("pull request failed; retrying")
+		return
+	}
+	if !f.unready {
+		f.unready = true
+		f.r.health.pullFailing(fmt.Errorf("pull requests failing for %s (%d in a row): %w", failingFor.Round(time.Second), f.count, err))
+	}
+	if now.Sub(f.logged) >= pullFailingLogEvery {
+		f.logged = now
+		f.r.log.Warn().Err(err).Dur("failing_for", failingFor).Int("failed_pulls", f.count).
+			Str("hint", "a consumer without a leader (cluster quorum lost) answers no responders; see nats consumer info "+f.r.cfg.Stream+" "+f.r.cfg.Durable).
+			Msg("pull requests keep failing: no messages are consumed")
+	}
+}
+
+func (f *pullFailures) ok() {
+	if f.since.IsZero() {
+		return
+	}
+	if f.unready {
+		f.r.health.pullFailing(nil)
+		f.r.log.Info().Dur("failed_for", time.Since(f.since)).Int("failed_pulls", f.count).Msg("pull requests succeed again")
+	}
+	*f = pullFailures{r: f.r}
 }
 
 func (r *Runtime) run(ctx context.Context, l loop) error {

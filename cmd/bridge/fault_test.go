@@ -318,7 +318,7 @@ func TestFaultClusterNodeKilled(t *testing.T) {
 		urls[i] = p.URL()
 	}
 	url := strings.Join(urls, ",")
-	waitClusterReady(t, url)
+	streamtest.WaitClusterReady(t, url)
 	b := startBridge(t, url, t.TempDir(), "--stream.replicas", "3")
 	pers := startPersister(t, url)
 	fx := fixes(8000)
@@ -342,29 +342,4 @@ func TestFaultClusterNodeKilled(t *testing.T) {
 	}
 	checkExactlyOnce(t, res, ids)
 	checkOnce(t, "database", res, pers.rows(t, len(ids)))
-}
-
-// waitClusterReady waits until the cluster has elected a meta leader and
-// can create a replicated stream.
-func waitClusterReady(t *testing.T, url string) {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := js.AccountInfo(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cluster not ready: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

@@ -1,6 +1,7 @@
 package streamtest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 var (
@@ -137,6 +139,31 @@ cluster {
 		p.waitListening(30 * time.Second)
 	}
 	return procs
+}
+
+// WaitClusterReady waits until the cluster at url has elected a meta leader
+// and answers JetStream requests.
+func WaitClusterReady(t testing.TB, url string) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster not ready: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // URL is the client URL of the process.
