@@ -26,11 +26,7 @@ func TestFaultConsumerWithoutLeaderIsNotReady(t *testing.T) {
 		t.Skip("fault test")
 	}
 	procs := streamtest.StartCluster(t, 3)
-	urls := make([]string, len(procs))
-	for i, p := range procs {
-		urls[i] = p.URL()
-	}
-	streamtest.WaitClusterReady(t, strings.Join(urls, ","))
+	streamtest.WaitClusterReady(t, streamtest.ClusterURL(procs))
 
 	// The subscriber talks to the node that survives.
 	nc, err := nats.Connect(procs[0].URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))

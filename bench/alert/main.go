@@ -271,25 +271,13 @@ func engine(rules *alert.Rules, fixes []coord.Coord, o options) {
 }
 
 func e2e(rules *alert.Rules, fixes []coord.Coord, dir string, o options) error {
-	srv, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")}, zerolog.Nop())
-	if err != nil {
-		return err
-	}
-	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		return err
-	}
 	ctx := context.Background()
-	cc := streamtest.Coords()
-	if _, err := stream.Ensure(ctx, js, cc.StreamConfig()); err != nil {
+	env, err := streamtest.StartLoadEnv(ctx, filepath.Join(dir, "nats"), 4096, zerolog.Nop())
+	if err != nil {
 		return err
 	}
+	defer env.Close()
+	js := env.JS
 	start := time.Now()
 	for i := range fixes {
 		c := &fixes[i]

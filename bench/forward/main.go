@@ -37,7 +37,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
-	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/subscribers"
 	"github.com/ubiqo-bridge/ubiqo-bridge/subscribers/forward"
 )
@@ -69,29 +68,14 @@ func run(args []string, out io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: dir}, log)
-	if err != nil {
-		return err
-	}
-	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	coords := streamtest.Coords()
-	if _, err := stream.Ensure(ctx, js, coords.StreamConfig()); err != nil {
+	env, err := streamtest.StartLoadEnv(ctx, dir, 4096, log)
+	if err != nil {
 		return err
 	}
-	if _, err := stream.Ensure(ctx, js, stream.DLQConfig(1)); err != nil {
-		return err
-	}
+	defer env.Close()
+	js := env.JS
 
 	fmt.Fprintf(out, "preloading %d coordinates over %d devices...\n", *messages, *devices)
 	t0 := time.Now()

@@ -37,7 +37,6 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
-	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/subscribers"
 	"github.com/ubiqo-bridge/ubiqo-bridge/subscribers/persist"
 )
@@ -102,30 +101,15 @@ func run(o options) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	srv, err := stream.StartEmbedded(stream.EmbeddedConfig{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")}, zerolog.Nop())
-	if err != nil {
-		return err
-	}
-	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(8192))
-	if err != nil {
-		return err
-	}
 	ctx := context.Background()
-	coords := streamtest.Coords()
-	if _, err := stream.Ensure(ctx, js, coords.StreamConfig()); err != nil {
+	env, err := streamtest.StartLoadEnv(ctx, filepath.Join(dir, "nats"), 8192, zerolog.Nop())
+	if err != nil {
 		return err
 	}
-	if _, err := stream.Ensure(ctx, js, stream.DLQConfig(1)); err != nil {
-		return err
-	}
+	defer env.Close()
+	js := env.JS
 
-	fmt.Printf("preloading %d coordinates from %d devices into COORDS (file storage, s2) ...\n", o.n, o.devices)
+	fmt.Printf("preloading %d coordinates from %d devices into COORDS (file storage, as the bridge makes it) ...\n", o.n, o.devices)
 	began := time.Now()
 	bytes, err := preload(js, o.n, o.devices)
 	if err != nil {
@@ -136,14 +120,14 @@ func run(o options) error {
 		float64(o.n)/took.Seconds(), float64(bytes)/1e6, bytes/int64(o.n))
 
 	if o.only == "none" {
-		return drain(o, srv.ClientURL(), "none", "", "bench-none", func() (int64, error) { return int64(o.n), nil })
+		return drain(o, env.Server.ClientURL(), "none", "", "bench-none", func() (int64, error) { return int64(o.n), nil })
 	}
 	if o.only == "" || o.only == "sqlite" {
 		path := o.sqlite
 		if path == "" {
 			path = filepath.Join(dir, "coords.db")
 		}
-		if err := drain(o, srv.ClientURL(), persist.DriverSQLite, "file:"+path, "bench-sqlite", func() (int64, error) {
+		if err := drain(o, env.Server.ClientURL(), persist.DriverSQLite, "file:"+path, "bench-sqlite", func() (int64, error) {
 			return countSQLite(path)
 		}); err != nil {
 			return err
@@ -155,7 +139,7 @@ func run(o options) error {
 			return err
 		}
 		defer cleanup()
-		if err := drain(o, srv.ClientURL(), persist.DriverPostgres, dsn, "bench-postgres", func() (int64, error) {
+		if err := drain(o, env.Server.ClientURL(), persist.DriverPostgres, dsn, "bench-postgres", func() (int64, error) {
 			return countPG(ctx, dsn)
 		}); err != nil {
 			return err

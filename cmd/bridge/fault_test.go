@@ -313,11 +313,7 @@ func TestFaultClusterNodeKilled(t *testing.T) {
 		t.Skip("fault test")
 	}
 	procs := streamtest.StartCluster(t, 3)
-	urls := make([]string, len(procs))
-	for i, p := range procs {
-		urls[i] = p.URL()
-	}
-	url := strings.Join(urls, ",")
+	url := streamtest.ClusterURL(procs)
 	streamtest.WaitClusterReady(t, url)
 	b := startBridge(t, url, t.TempDir(), "--stream.replicas", "3")
 	pers := startPersister(t, url)

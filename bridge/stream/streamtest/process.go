@@ -141,6 +141,15 @@ cluster {
 	return procs
 }
 
+// ClusterURL is the comma-separated client URLs of the processes.
+func ClusterURL(procs []*Proc) string {
+	urls := make([]string, len(procs))
+	for i, p := range procs {
+		urls[i] = p.URL()
+	}
+	return strings.Join(urls, ",")
+}
+
 // WaitClusterReady waits until the cluster at url has elected a meta leader
 // and answers JetStream requests.
 func WaitClusterReady(t testing.TB, url string) {
