@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -415,6 +416,9 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		t.Fatalf("after NATS returned: %d", resp.StatusCode)
 	}
 
+	if resp, err := http.Get(base + "/debug/pprof/heap"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("pprof served without http.pprof and an admin listener: %v", err)
+	}
 	resp, err = http.Get(base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -434,6 +438,88 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// With an admin listener, /metrics and the profiles are there and not on
+// the webhook's port; the webhook is not on the admin port.
+func TestAdminListener(t *testing.T) {
+	e := newEnv(t, nil)
+	if _, err := bridge.New(bridge.Options{Pprof: true, Stream: streamtest.Coords()}, bridge.Deps{Conn: e.nc, JS: e.js}); err == nil || !strings.Contains(err.Error(), "AdminAddr") {
+		t.Errorf("New with Pprof and no AdminAddr: %v, want a refusal", err)
+	}
+	srv := e.newServer(t, nil, func(o *bridge.Options) { o.AdminAddr, o.Pprof = "127.0.0.1:0", true })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	base := waitListening(t, srv)
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.AdminAddr() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("admin listener not up")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	admin := "http://" + srv.AdminAddr().String()
+	waitReady(t, admin, true)
+
+	get := func(url string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	resp, err := http.Post(base+"/webhook/ubiqo", "application/json", strings.NewReader(`{"device_id":"adm-1","lat":1,"lon":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("webhook on the main port: %d", resp.StatusCode)
+	}
+	for _, path := range []string{"/metrics", "/debug/pprof/", "/debug/pprof/heap"} {
+		if code, _ := get(base + path); code != http.StatusNotFound {
+			t.Errorf("main port %s = %d, want 404", path, code)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, _ := get(base + path); code != 200 {
+			t.Errorf("main port %s = %d, want 200 (load balancers probe it)", path, code)
+		}
+	}
+	if code, body := get(admin + "/metrics"); code != 200 || !strings.Contains(body, `ubiqo_bridge_coordinates_total{result="accepted"} 1`) {
+		t.Errorf("admin /metrics = %d, lacks the accepted coordinate:\n%.500s", code, body)
+	}
+	if code, body := get(admin + "/debug/pprof/heap?debug=1"); code != 200 || !strings.Contains(body, "heap profile") {
+		t.Errorf("admin heap profile = %d %.200s", code, body)
+	}
+	if code, body := get(admin + "/debug/pprof/"); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Errorf("admin pprof index = %d %.200s", code, body)
+	}
+	if code, body := get(admin + "/debug/pprof/profile?seconds=1"); code != 200 || !strings.HasPrefix(body, "\x1f\x8b") {
+		t.Errorf("admin CPU profile = %d, %d bytes, want a gzipped profile", code, len(body))
+	}
+	if code, body := get(admin + "/debug/pprof/cmdline"); code != http.StatusNotFound || strings.Contains(body, os.Args[0]) {
+		t.Errorf("admin cmdline = %d %q: the command line must not be served", code, body)
+	}
+	resp, err = http.Post(admin+"/webhook/ubiqo", "application/json", strings.NewReader(`{"device_id":"adm-2","lat":1,"lon":2}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == 200 {
+		t.Error("the admin port took a coordinate")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := http.Get(admin + "/healthz"); err == nil {
+		t.Error("admin listener still serving after Run returned")
 	}
 }
 

@@ -8,12 +8,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// routes lists the whole HTTP API.
+// routes lists the HTTP API of the main listener: the webhook and the health
+// probes, plus /metrics (and /debug/pprof) unless they have a listener of
+// their own (AdminAddr).
 func (s *Server) routes() *echo.Echo {
-	e := echo.New()
-	e.HideBanner = true
-	e.HidePort = true
-	e.HTTPErrorHandler = s.handleError
+	e := newEcho(s)
 	e.Use(s.observe) // request id, access log, metrics, panic recovery
 
 	ingest := s.allow.middleware(s.limiter.middleware(s.limitInFlight(s.auth.middleware(s.handleIngest))))
@@ -22,16 +21,46 @@ func (s *Server) routes() *echo.Echo {
 
 	e.GET("/healthz", s.handleHealthz)
 	e.GET("/readyz", s.handleReadyz)
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
-
-	if s.opts.Pprof {
-		e.GET("/debug/pprof/*", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
-		e.GET("/debug/pprof/cmdline", echo.WrapHandler(http.HandlerFunc(pprof.Cmdline)))
-		e.GET("/debug/pprof/profile", echo.WrapHandler(http.HandlerFunc(pprof.Profile)))
-		e.GET("/debug/pprof/symbol", echo.WrapHandler(http.HandlerFunc(pprof.Symbol)))
-		e.GET("/debug/pprof/trace", echo.WrapHandler(http.HandlerFunc(pprof.Trace)))
+	if s.opts.AdminAddr == "" {
+		s.adminRoutes(e)
 	}
 	return e
+}
+
+// adminEcho is the admin listener's API: health probes, /metrics and, when
+// enabled, /debug/pprof. Nothing on it takes coordinates.
+func (s *Server) adminEcho() *echo.Echo {
+	e := newEcho(s)
+	e.GET("/healthz", s.handleHealthz)
+	e.GET("/readyz", s.handleReadyz)
+	s.adminRoutes(e)
+	return e
+}
+
+func newEcho(s *Server) *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = s.handleError
+	return e
+}
+
+func (s *Server) adminRoutes(e *echo.Echo) {
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
+	if s.opts.Pprof {
+		// The named profiles (heap, goroutine, allocs, ...), CPU profile,
+		// trace and symbols for go tool pprof. Not /debug/pprof/cmdline: the
+		// command line may hold secrets given as flags.
+		e.GET("/debug/pprof/", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
+		e.GET("/debug/pprof/cmdline", func(c echo.Context) error {
+			return echo.NewHTTPError(http.StatusNotFound, "not served: the command line may hold secrets")
+		})
+		e.GET("/debug/pprof/profile", echo.WrapHandler(http.HandlerFunc(pprof.Profile)))
+		e.GET("/debug/pprof/symbol", echo.WrapHandler(http.HandlerFunc(pprof.Symbol)))
+		e.POST("/debug/pprof/symbol", echo.WrapHandler(http.HandlerFunc(pprof.Symbol)))
+		e.GET("/debug/pprof/trace", echo.WrapHandler(http.HandlerFunc(pprof.Trace)))
+		e.GET("/debug/pprof/:profile", echo.WrapHandler(http.HandlerFunc(pprof.Index)))
+	}
 }
 
 func (s *Server) handleHealthz(c echo.Context) error {

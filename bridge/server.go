@@ -45,11 +45,18 @@ type Options struct {
 	// waits (up to PublishTimeout) for room beyond it.
 	MaxPending      int
 	TLSCert, TLSKey string
-	Pprof           bool
-	MaxInFlight     int      // concurrent ingest requests; more answer 429
-	AllowIPs        []string // client IPs/CIDRs allowed on the ingest path; empty = any
-	RateLimit       float64  // ingest requests per second per client address; 0 = off
-	RateBurst       int      // burst above RateLimit; 0 = one second's worth
+	// AdminAddr, when set, is a second listener (plain HTTP, meant for an
+	// internal interface) serving /healthz, /readyz, /metrics and, with
+	// Pprof, /debug/pprof; /metrics then leaves the main listener. Empty:
+	// /metrics is on the main listener, as DESIGN.md has it.
+	AdminAddr string
+	// Pprof serves /debug/pprof on the admin listener; it needs AdminAddr,
+	// so profiles never reach the webhook's public port.
+	Pprof       bool
+	MaxInFlight int      // concurrent ingest requests; more answer 429
+	AllowIPs    []string // client IPs/CIDRs allowed on the ingest path; empty = any
+	RateLimit   float64  // ingest requests per second per client address; 0 = off
+	RateBurst   int      // burst above RateLimit; 0 = one second's worth
 
 	Tokens        []string
 	BasicUser     string
@@ -92,10 +99,12 @@ type Server struct {
 	spool   *spool.Spool
 	slots   chan struct{} // ingest requests in flight
 	echo    *echo.Echo
+	admin   *echo.Echo // nil without AdminAddr
 
-	streamOK atomic.Bool
-	draining atomic.Bool
-	addr     atomic.Value // net.Addr once listening
+	streamOK  atomic.Bool
+	draining  atomic.Bool
+	addr      atomic.Value // net.Addr once listening
+	adminAddr atomic.Value // net.Addr once the admin listener is up
 }
 
 // New builds the server and its routes; it does not listen yet.
@@ -104,6 +113,9 @@ func New(opts Options, deps Deps) (*Server, error) {
 		return nil, errors.New("bridge: a NATS connection and JetStream context are required")
 	}
 	setDefaults(&opts)
+	if opts.Pprof && opts.AdminAddr == "" {
+		return nil, errors.New("bridge: pprof is served only on the admin listener: set AdminAddr (http.admin_addr)")
+	}
 	opts.Decode.MaxItems = opts.MaxBatch
 	dec, err := coord.NewDecoder(opts.Decode)
 	if err != nil {
@@ -139,6 +151,9 @@ func New(opts Options, deps Deps) (*Server, error) {
 		s.metrics.watchSpool(reg, s.spool)
 	}
 	s.echo = s.routes()
+	if opts.AdminAddr != "" {
+		s.admin = s.adminEcho()
+	}
 	return s, nil
 }
 
@@ -176,6 +191,22 @@ func setDefaults(o *Options) {
 
 // Handler returns the server's HTTP handler (for tests with httptest).
 func (s *Server) Handler() http.Handler { return s.echo }
+
+// AdminHandler returns the admin listener's handler, or nil without
+// Options.AdminAddr.
+func (s *Server) AdminHandler() http.Handler {
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin
+}
+
+// AdminAddr returns the address of the admin listener once Run has started
+// it, or nil.
+func (s *Server) AdminAddr() net.Addr {
+	a, _ := s.adminAddr.Load().(net.Addr)
+	return a
+}
 
 // Addr returns the address the server listens on once Run has started
 // listening, or nil.
@@ -248,6 +279,30 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 
+	var admin *http.Server
+	adminErr := make(chan error, 1)
+	if s.admin != nil {
+		aln, err := net.Listen("tcp", s.opts.AdminAddr)
+		if err != nil {
+			ln.Close()
+			stopWatch()
+			<-watchDone
+			return fmt.Errorf("listen on %s (http.admin_addr): %w", s.opts.AdminAddr, err)
+		}
+		s.adminAddr.Store(aln.Addr())
+		admin = &http.Server{Handler: s.admin, ReadHeaderTimeout: s.opts.ReadHeaderTimeout, IdleTimeout: s.opts.IdleTimeout}
+		go func() { adminErr <- admin.Serve(aln) }()
+		s.log.Info().Str("addr", aln.Addr().String()).Bool("pprof", s.opts.Pprof).Msg("admin listener: /healthz /readyz /metrics")
+	}
+	// The admin listener goes last, so probes and scrapes see the drain.
+	defer func() {
+		if admin != nil {
+			actx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = admin.Shutdown(actx)
+		}
+	}()
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
 	scheme := "http"
@@ -261,6 +316,11 @@ func (s *Server) Run(ctx context.Context) error {
 		stopWatch()
 		<-watchDone
 		return fmt.Errorf("http server: %w", err)
+	case err := <-adminErr:
+		_ = hs.Close()
+		stopWatch()
+		<-watchDone
+		return fmt.Errorf("admin http server: %w", err)
 	case <-ctx.Done():
 	}
 

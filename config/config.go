@@ -48,6 +48,7 @@ type HTTP struct {
 	AllowIPs          []string      `mapstructure:"allow_ips"`
 	RateLimit         float64       `mapstructure:"rate_limit"`
 	RateBurst         int           `mapstructure:"rate_burst"`
+	AdminAddr         string        `mapstructure:"admin_addr"`
 	Pprof             bool          `mapstructure:"pprof"`
 }
 

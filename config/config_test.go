@@ -150,6 +150,10 @@ func TestValidationNamesKey(t *testing.T) {
 		{"two errors", Bridge, nil, []string{"--log.format=xml", "--log.level=loud"}, []string{"log.format", "log.level"}},
 		{"bad duration", Bridge, map[string]string{"UBIQO_STREAM_MAX_AGE": "forever"}, nil, []string{"stream.max_age"}},
 		{"unknown flag", Bridge, nil, []string{"--nope"}, []string{"unknown flag: --nope"}},
+		{"pprof without admin listener", Bridge, nil, []string{"--http.pprof"}, []string{"http.pprof", "needs http.admin_addr"}},
+		{"admin on the webhook's address", Bridge, nil, []string{"--http.addr=:9000", "--http.admin_addr=:9000"}, []string{"http.admin_addr", "must differ"}},
+		{"admin address", Bridge, nil, []string{"--http.admin_addr=nowhere"}, []string{"http.admin_addr"}},
+		{"subscriber pprof without listener", Persister, nil, []string{"--http.pprof"}, []string{"http.pprof", "needs http.addr"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

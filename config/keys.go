@@ -68,7 +68,8 @@ var Keys = []Key{
 	{Name: "http.rate_limit", Default: 0.0, Usage: "ingest requests per second per client address; more answer 429; 0 = off", Only: bins(Bridge)},
 	{Name: "http.rate_burst", Default: 0, Usage: "requests a client may send above http.rate_limit in a burst; 0 = one second's worth", Only: bins(Bridge)},
 	{Name: "http.allow_ips", Default: []string{}, Usage: "client IPs or CIDRs allowed to call the webhook; empty = any", Only: bins(Bridge)},
-	{Name: "http.pprof", Default: false, Usage: "serve /debug/pprof on the HTTP listener"},
+	{Name: "http.admin_addr", Default: "", Usage: "second listener for /healthz, /readyz, /metrics and /debug/pprof (keep it internal); set, /metrics leaves http.addr; empty = off", Only: bins(Bridge)},
+	{Name: "http.pprof", Default: false, Usage: "serve /debug/pprof: on http.admin_addr (bridge) or http.addr (subscribers)", Only: bins(Bridge, Persister, Alerter, Forwarder)},
 
 	// Authentication of webhook calls.
 	{Name: "auth.tokens", Default: []string{}, Usage: "accepted tokens (Authorization: Bearer, X-Ubiqo-Token or ?token=); empty = open", Secret: true, Only: bins(Bridge)},

@@ -78,6 +78,20 @@ func (c *Config) Validate(b Binary) error {
 		}
 	}
 	v.duration("http.shutdown_timeout", c.HTTP.ShutdownTimeout)
+	if b == Bridge && c.HTTP.AdminAddr != "" {
+		v.hostPort("http.admin_addr", c.HTTP.AdminAddr)
+		if c.HTTP.AdminAddr == c.HTTP.Addr {
+			v.bad("http.admin_addr", c.HTTP.AdminAddr, "must differ from http.addr")
+		}
+	}
+	if c.HTTP.Pprof {
+		switch {
+		case b == Bridge && c.HTTP.AdminAddr == "":
+			v.bad("http.pprof", true, "needs http.admin_addr: profiles are served on the admin listener, never on the webhook's")
+		case b != Bridge && c.HTTP.Addr == "":
+			v.bad("http.pprof", true, "needs http.addr (the health and metrics listener)")
+		}
+	}
 
 	// nats
 	if c.NATS.URL != "" {

@@ -111,6 +111,8 @@ type Config struct {
 	// HTTPAddr, when set, is where /healthz, /readyz and /metrics are
 	// served; New binds it (":0" picks a port, see Runtime.HTTPAddr).
 	HTTPAddr string
+	// Pprof also serves /debug/pprof on the HTTPAddr listener.
+	Pprof bool
 	// DrainTimeout bounds the graceful stop: finishing the in-flight batch or
 	// waiting for unsettled async messages; default 20s.
 	DrainTimeout time.Duration
@@ -303,7 +305,7 @@ func (r *Runtime) HTTPAddr() net.Addr {
 }
 
 // Handler serves /healthz, /readyz and /metrics (what the listener serves).
-func (r *Runtime) Handler() http.Handler { return r.health.handler(r.reg) }
+func (r *Runtime) Handler() http.Handler { return r.health.handler(r.reg, r.cfg.Pprof) }
 
 // RunBatch creates or updates the durable consumer, serves HTTP when
 // configured, and feeds h batches until ctx is cancelled; then it stops

@@ -117,6 +117,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MaxPending:        cfg.NATS.MaxPending,
 		TLSCert:           cfg.HTTP.TLSCert,
 		TLSKey:            cfg.HTTP.TLSKey,
+		AdminAddr:         cfg.HTTP.AdminAddr,
 		Pprof:             cfg.HTTP.Pprof,
 		MaxInFlight:       cfg.HTTP.MaxInFlight,
 		AllowIPs:          cfg.HTTP.AllowIPs,

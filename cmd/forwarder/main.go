@@ -118,6 +118,7 @@ func options(cfg *config.Config) (forward.Options, error) {
 			LagInterval:    k.LagInterval,
 		},
 		HTTPAddr:        cfg.HTTP.Addr,
+		Pprof:           cfg.HTTP.Pprof,
 		ShutdownTimeout: cfg.HTTP.ShutdownTimeout,
 		Version:         config.Version,
 	}

@@ -196,8 +196,11 @@ func TestRunForwardsToEveryTarget(t *testing.T) {
 	plain, signed := newTarget(t), newTarget(t)
 	addr := freeAddr(t)
 	js, file := setup(t, plain, signed, addr)
-	r := startRun(t, "--config", file)
+	r := startRun(t, "--config", file, "--http.pprof")
 	waitFor(t, "/readyz 200", func() bool { st, _ := get("http://" + addr + "/readyz"); return st == 200 })
+	if st, body := get("http://" + addr + "/debug/pprof/goroutine?debug=1"); st != 200 || !strings.Contains(body, "goroutine profile") {
+		t.Errorf("--http.pprof: goroutine profile = %d %.200s", st, body)
+	}
 
 	publish(t, js, "truck-1", 5)
 	publish(t, js, "camión 2", 5)

@@ -56,7 +56,7 @@ func TestRunStoresCoordinates(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(runCtx, []string{"--nats.url", srv.ClientURL(), "--persist.dsn", "file:" + dbPath,
-			"--http.addr", httpAddr, "--consumer.batch_wait", "20ms"}, &stdout, &stderr)
+			"--http.addr", httpAddr, "--http.pprof", "--consumer.batch_wait", "20ms"}, &stdout, &stderr)
 	}()
 	base := "http://" + httpAddr
 	deadline := time.Now().Add(15 * time.Second)
@@ -110,6 +110,12 @@ func TestRunStoresCoordinates(t *testing.T) {
 	}
 	if rows != n {
 		t.Fatalf("rows = %d, want %d", rows, n)
+	}
+	if code, body, _ := get(base + "/debug/pprof/heap?debug=1"); code != 200 || !strings.Contains(body, "heap profile") {
+		t.Errorf("--http.pprof: heap profile = %d %.200s", code, body)
+	}
+	if code, _, _ := get(base + "/debug/pprof/cmdline"); code != 404 {
+		t.Errorf("/debug/pprof/cmdline = %d, want 404 (flags may hold secrets)", code)
 	}
 	_, metrics, _ := get(base + "/metrics")
 	for _, want := range []string{`ubiqo_persist_rows_total{result="inserted"} 50`,

@@ -43,6 +43,8 @@ type Options struct {
 	// HTTPAddr, when set, serves /healthz, /readyz and /metrics for all
 	// targets; New binds it.
 	HTTPAddr string
+	// Pprof also serves /debug/pprof on the HTTPAddr listener.
+	Pprof bool
 	// ShutdownTimeout bounds the HTTP listener's shutdown; default 5s.
 	ShutdownTimeout time.Duration
 	// Version goes in the User-Agent: ubiqo-forwarder/<Version>.
@@ -56,6 +58,7 @@ type Service struct {
 	reg             *prometheus.Registry
 	ln              net.Listener
 	shutdownTimeout time.Duration
+	pprof           bool
 	log             zerolog.Logger
 }
 
@@ -66,7 +69,7 @@ func New(js JetStream, opts Options, log zerolog.Logger) (*Service, error) {
 	if len(opts.Targets) == 0 {
 		return nil, errNoTargets
 	}
-	s := &Service{reg: prometheus.NewRegistry(), shutdownTimeout: opts.ShutdownTimeout, log: log}
+	s := &Service{reg: prometheus.NewRegistry(), shutdownTimeout: opts.ShutdownTimeout, pprof: opts.Pprof, log: log}
 	if s.shutdownTimeout <= 0 {
 		s.shutdownTimeout = 5 * time.Second
 	}
@@ -128,7 +131,8 @@ func (s *Service) Ready(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Handler serves /healthz, /readyz and /metrics.
+// Handler serves /healthz, /readyz, /metrics and, with Options.Pprof,
+// /debug/pprof.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -145,6 +149,9 @@ func (s *Service) Handler() http.Handler {
 		_, _ = w.Write([]byte(`{"status":"ready"}`))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Gatherer(), promhttp.HandlerOpts{}))
+	if s.pprof {
+		subscribers.MountPprof(mux)
+	}
 	return mux
 }
 

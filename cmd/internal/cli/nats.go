@@ -49,6 +49,7 @@ func ConsumerConfig(cfg *config.Config, b config.Binary) (subscribers.Config, er
 		StartTime:      c.StartAt(),
 		DLQPrefix:      stream.DLQSubjectPrefix,
 		HTTPAddr:       cfg.HTTP.Addr,
+		Pprof:          cfg.HTTP.Pprof,
 		DrainTimeout:   c.DrainTimeout,
 		LagInterval:    c.LagInterval,
 	}, nil
