@@ -18,6 +18,10 @@ const (
 // subscribers are the binaries that consume COORDS.
 var subscribers = []Binary{Persister, Alerter, Forwarder}
 
+// services are the long-running binaries: the bridge and the subscribers
+// (not the simulator, which only calls a webhook).
+var services = []Binary{Bridge, Persister, Alerter, Forwarder}
+
 // Key describes one configuration key: its name (dotted, as in the YAML file),
 // its default, its help text, and whether its value is a secret that must be
 // masked wherever the configuration is shown.
@@ -53,7 +57,7 @@ func bins(b ...Binary) []Binary { return b }
 // this table must agree; a test checks that they do.
 var Keys = []Key{
 	// HTTP front end (bridge) or health/metrics listener (subscribers).
-	{Name: "http.addr", Default: ":8080", Usage: "listen address; for subscribers the health and metrics listener, empty = off"},
+	{Name: "http.addr", Default: ":8080", Usage: "listen address; for subscribers the health and metrics listener, empty = off", Only: services},
 	{Name: "http.path", Default: "/webhook/ubiqo", Usage: "ingest path, POST and GET", Only: bins(Bridge)},
 	{Name: "http.max_body_bytes", Default: int64(1 << 20), Usage: "largest accepted request body; larger answers 413", Only: bins(Bridge)},
 	{Name: "http.max_batch", Default: 1000, Usage: "most coordinates in one request; more answers 413", Only: bins(Bridge)},
@@ -61,7 +65,7 @@ var Keys = []Key{
 	{Name: "http.read_timeout", Default: 30 * time.Second, Usage: "time allowed to read a whole request", Only: bins(Bridge)},
 	{Name: "http.write_timeout", Default: 30 * time.Second, Usage: "time allowed to write a response", Only: bins(Bridge)},
 	{Name: "http.idle_timeout", Default: 120 * time.Second, Usage: "keep-alive idle timeout", Only: bins(Bridge)},
-	{Name: "http.shutdown_timeout", Default: 20 * time.Second, Usage: "grace period for in-flight requests on shutdown"},
+	{Name: "http.shutdown_timeout", Default: 20 * time.Second, Usage: "grace period for in-flight requests on shutdown", Only: services},
 	{Name: "http.tls_cert", Default: "", Usage: "PEM certificate file; with http.tls_key serves HTTPS", Only: bins(Bridge)},
 	{Name: "http.tls_key", Default: "", Usage: "PEM private key file for http.tls_cert", Only: bins(Bridge)},
 	{Name: "http.max_in_flight", Default: 1024, Usage: "most requests served at once; more answer 429 with Retry-After", Only: bins(Bridge)},
@@ -69,7 +73,7 @@ var Keys = []Key{
 	{Name: "http.rate_burst", Default: 0, Usage: "requests a client may send above http.rate_limit in a burst; 0 = one second's worth", Only: bins(Bridge)},
 	{Name: "http.allow_ips", Default: []string{}, Usage: "client IPs or CIDRs allowed to call the webhook; empty = any", Only: bins(Bridge)},
 	{Name: "http.admin_addr", Default: "", Usage: "second listener for /healthz, /readyz, /metrics and /debug/pprof (keep it internal); set, /metrics leaves http.addr; empty = off", Only: bins(Bridge)},
-	{Name: "http.pprof", Default: false, Usage: "serve /debug/pprof: on http.admin_addr (bridge) or http.addr (subscribers)", Only: bins(Bridge, Persister, Alerter, Forwarder)},
+	{Name: "http.pprof", Default: false, Usage: "serve /debug/pprof: on http.admin_addr (bridge) or http.addr (subscribers)", Only: services},
 
 	// Authentication of webhook calls.
 	{Name: "auth.tokens", Default: []string{}, Usage: "accepted tokens (Authorization: Bearer, X-Ubiqo-Token or ?token=); empty = open", Secret: true, Only: bins(Bridge)},
@@ -77,16 +81,16 @@ var Keys = []Key{
 	{Name: "auth.basic_password", Default: "", Usage: "HTTP basic auth password", Secret: true, Only: bins(Bridge)},
 
 	// NATS connection.
-	{Name: "nats.url", Default: "", Usage: "NATS server URLs, comma-separated; empty = embedded JetStream server"},
-	{Name: "nats.user", Default: "", Usage: "user for NATS user/password auth"},
-	{Name: "nats.password", Default: "", Usage: "password for NATS user/password auth", Secret: true},
-	{Name: "nats.token", Default: "", Usage: "NATS auth token", Secret: true},
-	{Name: "nats.creds_file", Default: "", Usage: "NATS credentials (.creds) file"},
-	{Name: "nats.tls_ca", Default: "", Usage: "CA file to verify the NATS server"},
-	{Name: "nats.tls_cert", Default: "", Usage: "client certificate for NATS TLS"},
-	{Name: "nats.tls_key", Default: "", Usage: "client key for NATS TLS"},
-	{Name: "nats.name", Default: "", Usage: "connection name shown by the server (default: the binary name)"},
-	{Name: "nats.connect_timeout", Default: 5 * time.Second, Usage: "time to wait for the first connection"},
+	{Name: "nats.url", Default: "", Usage: "NATS server URLs, comma-separated; empty = embedded JetStream server", Only: services},
+	{Name: "nats.user", Default: "", Usage: "user for NATS user/password auth", Only: services},
+	{Name: "nats.password", Default: "", Usage: "password for NATS user/password auth", Secret: true, Only: services},
+	{Name: "nats.token", Default: "", Usage: "NATS auth token", Secret: true, Only: services},
+	{Name: "nats.creds_file", Default: "", Usage: "NATS credentials (.creds) file", Only: services},
+	{Name: "nats.tls_ca", Default: "", Usage: "CA file to verify the NATS server", Only: services},
+	{Name: "nats.tls_cert", Default: "", Usage: "client certificate for NATS TLS", Only: services},
+	{Name: "nats.tls_key", Default: "", Usage: "client key for NATS TLS", Only: services},
+	{Name: "nats.name", Default: "", Usage: "connection name shown by the server (default: the binary name)", Only: services},
+	{Name: "nats.connect_timeout", Default: 5 * time.Second, Usage: "time to wait for the first connection", Only: services},
 	{Name: "nats.publish_timeout", Default: 5 * time.Second, Usage: "longest wait for a JetStream publish ack", Only: bins(Bridge)},
 	{Name: "nats.max_pending", Default: 4096, Usage: "most publishes awaiting their ack at once (at most 1048576); beyond, a request waits for room up to nats.publish_timeout", Only: bins(Bridge)},
 	{Name: "nats.embedded.listen", Default: "127.0.0.1:4222", Usage: "where the embedded server listens (subscribers and the nats CLI connect here)", Only: bins(Bridge)},
@@ -94,15 +98,15 @@ var Keys = []Key{
 	{Name: "nats.embedded.max_store", Default: int64(0), Usage: "file storage limit of the embedded server in bytes; 0 = server default", Only: bins(Bridge)},
 
 	// COORDS stream.
-	{Name: "stream.name", Default: "COORDS", Usage: "coordinate stream"},
-	{Name: "stream.subject_prefix", Default: "ubiqo.coords", Usage: "subject = prefix + . + device token"},
-	{Name: "stream.replicas", Default: 1, Usage: "stream replicas; 3 in a cluster"},
-	{Name: "stream.max_age", Default: 720 * time.Hour, Usage: "retention of coordinates"},
-	{Name: "stream.max_bytes", Default: int64(-1), Usage: "stream size limit in bytes; -1 = unlimited"},
-	{Name: "stream.duplicate_window", Default: 10 * time.Minute, Usage: "dedupe window for Nats-Msg-Id"},
-	{Name: "stream.compression", Default: "none", Usage: "stream compression: none or s2 (s2: about 3.5x less disk, for fewer coordinates/s and a longer latency tail)"},
-	{Name: "stream.allow_direct", Default: true, Usage: "allow direct get (nats stream get --last-for)"},
-	{Name: "stream.manage", Default: true, Usage: "create or update the stream at start; false = only check it exists"},
+	{Name: "stream.name", Default: "COORDS", Usage: "coordinate stream", Only: services},
+	{Name: "stream.subject_prefix", Default: "ubiqo.coords", Usage: "subject = prefix + . + device token", Only: services},
+	{Name: "stream.replicas", Default: 1, Usage: "stream replicas; 3 in a cluster", Only: services},
+	{Name: "stream.max_age", Default: 720 * time.Hour, Usage: "retention of coordinates", Only: services},
+	{Name: "stream.max_bytes", Default: int64(-1), Usage: "stream size limit in bytes; -1 = unlimited", Only: services},
+	{Name: "stream.duplicate_window", Default: 10 * time.Minute, Usage: "dedupe window for Nats-Msg-Id", Only: services},
+	{Name: "stream.compression", Default: "none", Usage: "stream compression: none or s2 (s2: about 3.5x less disk, for fewer coordinates/s and a longer latency tail)", Only: services},
+	{Name: "stream.allow_direct", Default: true, Usage: "allow direct get (nats stream get --last-for)", Only: services},
+	{Name: "stream.manage", Default: true, Usage: "create or update the stream at start; false = only check it exists", Only: services},
 
 	// Local spool for when JetStream cannot store.
 	{Name: "spool.mode", Default: "spool", Usage: "spool: write to the local spool and answer 202 when JetStream cannot store; reject: answer 503", Only: bins(Bridge)},
