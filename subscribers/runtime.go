@@ -189,7 +189,11 @@ const fetchWait = 500 * time.Millisecond
 // error when the consumer is gone.
 func (r *Runtime) fetch(stop context.Context, cons jetstream.Consumer, n int, in chan<- jetstream.Msg, hard <-chan struct{}) error {
 	failing := pullFailures{r: r}
-	defer failing.ok()
+	defer func() {
+		if failing.unready {
+			r.health.pullFailing(nil) // stopping: the consumer check says the rest
+		}
+	}()
 	for stop.Err() == nil {
 		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(fetchWait))
 		if err == nil {
