@@ -38,7 +38,12 @@ type env struct {
 
 func newEnv(t *testing.T, mod func(*bridge.Options)) *env {
 	t.Helper()
-	ns := streamtest.Run(t)
+	return newEnvOn(t, streamtest.Run(t), mod)
+}
+
+// newEnvOn is newEnv on a given JetStream server.
+func newEnvOn(t *testing.T, ns *streamtest.Server, mod func(*bridge.Options)) *env {
+	t.Helper()
 	nc, err := nats.Connect(ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)

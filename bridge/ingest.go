@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,23 +80,47 @@ func (s *Server) handleIngest(c echo.Context) error {
 	}
 
 	recs := s.pub.Records(batch.Coords)
+	// A coordinate whose message the server cannot take (max_payload) is
+	// rejected now: spooled, it would never leave and would hold up every
+	// later coordinate of its device.
+	var items []int // the request item of each record, once needed
+	if limit := s.pub.MaxPayload(); limit > 0 {
+		for i := range recs {
+			if int64(MessageSize(&recs[i])) > limit {
+				items = itemIndexes(len(recs), batch.Rejected)
+				var tooBig []coord.Rejection
+				recs, items, tooBig = dropOversize(recs, items, limit)
+				rejected = mergeRejections(rejected, tooBig)
+				s.metrics.rejected.Add(float64(len(tooBig)))
+				break
+			}
+		}
+		if len(recs) == 0 {
+			setCounts(c, 0, 0, 0, len(rejected))
+			return c.JSON(http.StatusRequestEntityTooLarge, errorResponse{Error: "no coordinate small enough to store", Rejected: rejected})
+		}
+	}
 	if !s.nc.IsConnected() {
 		// Don't wait out a publish timeout when NATS is known to be away.
-		return s.answerSpooled(c, recs, PublishResult{}, batch.Rejected, rejected)
+		return s.answerSpooled(c, recs, PublishResult{}, rejected)
 	}
 	// A device whose older coordinates still wait in the spool queues its
 	// new ones behind them, so each device reaches the stream in order.
 	var queued []spool.Record
 	if s.spool != nil && !s.spool.Empty() {
-		direct := recs[:0:0]
-		for _, r := range recs {
+		if items == nil {
+			items = itemIndexes(len(recs), batch.Rejected)
+		}
+		direct, directItems := recs[:0:0], items[:0:0]
+		for i, r := range recs {
 			if s.spool.Holds(r.Device) {
 				queued = append(queued, r)
 			} else {
 				direct = append(direct, r)
+				directItems = append(directItems, items[i])
 			}
 		}
-		recs = direct
+		recs, items = direct, directItems
 	}
 
 	// Each ack wait is bounded by nats.publish_timeout (set on the
@@ -108,7 +133,22 @@ func (s *Server) handleIngest(c echo.Context) error {
 	}
 	s.metrics.accepted.Add(float64(res.Stored))
 	s.metrics.duplicate.Add(float64(res.Duplicates))
-	if err != nil {
+	if len(res.TooLarge) > 0 {
+		// The stream's max_msg_size, or a server with a smaller
+		// max_payload than the one checked above.
+		if items == nil {
+			items = itemIndexes(len(recs), batch.Rejected)
+		}
+		tooBig := make([]coord.Rejection, 0, len(res.TooLarge))
+		for _, i := range res.TooLarge {
+			tooBig = append(tooBig, coord.Rejection{Index: items[i], Error: fmt.Sprintf(
+				"coordinate too large to store: its message of %d bytes is more than the NATS server or the stream takes (max_payload, max_msg_size)", MessageSize(&recs[i]))})
+		}
+		rejected = mergeRejections(rejected, tooBig)
+		s.metrics.rejected.Add(float64(len(tooBig)))
+		s.log.Warn().Err(err).Str("request_id", requestID(c)).Int("coordinates", len(res.TooLarge)).Msg("coordinates refused for their size")
+	}
+	if len(res.Failed) > 0 {
 		s.log.Warn().Err(err).Str("request_id", requestID(c)).Int("coordinates", len(recs)).
 			Int("stored", res.Stored+res.Duplicates).Int("not_stored", len(res.Failed)).Msg("JetStream did not store every coordinate")
 		for _, idx := range res.Failed {
@@ -116,10 +156,54 @@ func (s *Server) handleIngest(c echo.Context) error {
 		}
 	}
 	if len(queued) > 0 {
-		return s.answerSpooled(c, queued, res, batch.Rejected, rejected)
+		return s.answerSpooled(c, queued, res, rejected)
 	}
-	setCounts(c, res.Stored, res.Duplicates, 0, len(batch.Rejected))
+	if res.Stored+res.Duplicates == 0 && len(res.TooLarge) > 0 {
+		setCounts(c, 0, 0, 0, len(rejected))
+		return c.JSON(http.StatusRequestEntityTooLarge, errorResponse{Error: "no coordinate small enough to store", Rejected: rejected})
+	}
+	setCounts(c, res.Stored, res.Duplicates, 0, len(rejected))
 	return writeIngest(c, http.StatusOK, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Rejected: rejected})
+}
+
+// itemIndexes returns the request item index of each of the n valid
+// coordinates: the items in order, skipping the rejected ones.
+func itemIndexes(n int, rejected []coord.Rejection) []int {
+	out := make([]int, 0, n)
+	r := 0
+	for item := 0; len(out) < n; item++ {
+		if r < len(rejected) && rejected[r].Index == item {
+			r++
+			continue
+		}
+		out = append(out, item)
+	}
+	return out
+}
+
+// dropOversize removes the records whose message is over limit bytes and
+// returns the rest with their item indexes and a rejection for each one
+// removed.
+func dropOversize(recs []spool.Record, items []int, limit int64) ([]spool.Record, []int, []coord.Rejection) {
+	var rej []coord.Rejection
+	keptRecs, keptItems := recs[:0:0], items[:0:0]
+	for i := range recs {
+		if size := MessageSize(&recs[i]); int64(size) > limit {
+			rej = append(rej, coord.Rejection{Index: items[i], Error: fmt.Sprintf(
+				"coordinate too large to store: its message is %d bytes and the NATS server takes at most %d (max_payload)", size, limit)})
+			continue
+		}
+		keptRecs = append(keptRecs, recs[i])
+		keptItems = append(keptItems, items[i])
+	}
+	return keptRecs, keptItems, rej
+}
+
+// mergeRejections adds more to rejected, keeping request order.
+func mergeRejections(rejected, more []coord.Rejection) []coord.Rejection {
+	out := append(rejected[:len(rejected):len(rejected)], more...)
+	slices.SortStableFunc(out, func(a, b coord.Rejection) int { return a.Index - b.Index })
+	return out
 }
 
 // writeIngest answers with r; the common answer without rejections is
@@ -144,7 +228,7 @@ func writeIngest(c echo.Context, code int, r ingestResponse) error {
 // answerSpooled writes the coordinates JetStream did not take to the spool
 // and answers 202, or 503 when there is no spool, it is full or it fails: a
 // 2xx always means every accepted coordinate is on disk somewhere.
-func (s *Server) answerSpooled(c echo.Context, recs []spool.Record, res PublishResult, rej, rejected []coord.Rejection) error {
+func (s *Server) answerSpooled(c echo.Context, recs []spool.Record, res PublishResult, rejected []coord.Rejection) error {
 	if s.spool == nil {
 		return s.unavailable(c, "coordinates could not be stored now; retry later")
 	}
@@ -156,7 +240,7 @@ func (s *Server) answerSpooled(c echo.Context, recs []spool.Record, res PublishR
 		return s.unavailable(c, "coordinates could not be stored now; retry later")
 	}
 	s.metrics.spooled.Add(float64(len(recs)))
-	setCounts(c, res.Stored, res.Duplicates, len(recs), len(rej))
+	setCounts(c, res.Stored, res.Duplicates, len(recs), len(rejected))
 	return writeIngest(c, http.StatusAccepted, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Spooled: len(recs), Rejected: rejected})
 }
 
@@ -180,9 +264,12 @@ func (s *Server) replaySpool(ctx context.Context) {
 				res, perr := s.pub.Publish(pctx, recs)
 				cancel()
 				err = perr
+				if err != nil && len(res.Failed) == 0 && len(res.TooLarge) > 0 {
+					err = s.setAside(recs, res.TooLarge, perr)
+				}
 				if err == nil {
 					err = s.spool.Commit(pos, recs)
-					s.metrics.replayed.Add(float64(len(recs)))
+					s.metrics.replayed.Add(float64(len(recs) - len(res.TooLarge)))
 					s.metrics.accepted.Add(float64(res.Stored))
 					s.metrics.duplicate.Add(float64(res.Duplicates))
 				}
@@ -211,6 +298,24 @@ func (s *Server) replaySpool(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// setAside moves the spooled records at the indexes in tooLarge, which the
+// server refuses for their size and so can never store, to the spool's
+// set-aside file: kept for the operator, out of the way of the records
+// behind them.
+func (s *Server) setAside(recs []spool.Record, tooLarge []int, cause error) error {
+	aside := make([]spool.Record, len(tooLarge))
+	for i, idx := range tooLarge {
+		aside[i] = recs[idx]
+	}
+	if err := s.spool.SetAside(aside, cause.Error()); err != nil {
+		return err
+	}
+	s.metrics.setAside.Add(float64(len(aside)))
+	s.log.Error().Err(cause).Int("coordinates", len(aside)).Str("file", s.spool.AsidePath()).
+		Msg("spooled coordinates the server refuses for their size were set aside (not retried); publish them by hand once the limit allows")
+	return nil
 }
 
 // readBody reads the request body into buf, at most http.max_body_bytes

@@ -18,7 +18,7 @@ type metrics struct {
 	natsUp      prometheus.Gauge
 	streamReady prometheus.Gauge
 
-	replayed prometheus.Counter
+	replayed, setAside prometheus.Counter
 
 	accepted, duplicate, rejected, spooled prometheus.Counter
 }
@@ -60,11 +60,15 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		Name: "ubiqo_bridge_spool_replayed_total",
 		Help: "Coordinates replayed from the local spool into JetStream.",
 	})
+	m.setAside = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ubiqo_bridge_spool_set_aside_total",
+		Help: "Spooled coordinates the server refused for their size (max_payload, max_msg_size), moved out of the replay into set-aside.jsonl in the spool directory.",
+	})
 	m.accepted = m.coords.WithLabelValues("accepted")
 	m.spooled = m.coords.WithLabelValues("spooled")
 	m.duplicate = m.coords.WithLabelValues("duplicate")
 	m.rejected = m.coords.WithLabelValues("rejected")
-	reg.MustRegister(m.requests, m.duration, m.inFlight, m.coords, m.publish, m.natsUp, m.streamReady, m.replayed)
+	reg.MustRegister(m.requests, m.duration, m.inFlight, m.coords, m.publish, m.natsUp, m.streamReady, m.replayed, m.setAside)
 	return m
 }
 

@@ -25,6 +25,32 @@ import (
 // spool replay store each one once.
 var ErrNotStored = errors.New("not stored by JetStream")
 
+// ErrTooLarge marks a coordinate whose message NATS (max_payload) or the
+// stream (max_msg_size) refuses for its size. It can never be stored as it
+// is, so it is rejected, never spooled or retried.
+var ErrTooLarge = errors.New("coordinate too large to store")
+
+// jsMsgTooLarge is JetStream's error code for a message over the stream's
+// max_msg_size.
+const jsMsgTooLarge = 10054
+
+// headerOverhead is the size of the encoded headers of a message without
+// the values of Nats-Msg-Id and Ubiqo-Device: "NATS/1.0\r\n", a
+// "Name: value\r\n" line for each of the three headers, and the blank line.
+const headerOverhead = len("NATS/1.0\r\n") +
+	len("Nats-Msg-Id: \r\n") + len("Ubiqo-Device: \r\n") +
+	len("Content-Type: application/json\r\n") + len("\r\n")
+
+// MessageSize is the size NATS counts against max_payload for r: headers
+// and body.
+func MessageSize(r *spool.Record) int {
+	return headerOverhead + len(r.MsgID) + len(r.Device) + len(r.Data)
+}
+
+// MaxPayload is the largest message the connected server takes (0 while
+// not connected).
+func (p *Publisher) MaxPayload() int64 { return p.nc.MaxPayload() }
+
 // errTooManyPending means the ring of publishes awaiting their ack stayed
 // full for the whole publish timeout (nats.max_pending).
 var errTooManyPending = errors.New("too many publishes awaiting their ack (nats.max_pending)")
@@ -71,6 +97,7 @@ const (
 	ackStored
 	ackDuplicate
 	ackFailed
+	ackTooLarge // refused for its size: never retried
 )
 
 // pubBatch is one Publish call's state; pooled.
@@ -129,6 +156,9 @@ type PublishResult struct {
 	Stored     int   // newly stored
 	Duplicates int   // already in the stream (same Nats-Msg-Id within the window)
 	Failed     []int // indexes of the messages without an ack
+	// TooLarge are the indexes of the messages refused for their size
+	// (ErrTooLarge): retrying cannot store them.
+	TooLarge []int
 }
 
 // Records encodes coords as the messages to publish (or spool). The bodies
@@ -179,6 +209,9 @@ func (p *Publisher) Publish(ctx context.Context, recs []spool.Record) (PublishRe
 		res.Duplicates += r.Duplicates
 		for _, i := range r.Failed {
 			res.Failed = append(res.Failed, off+i)
+		}
+		for _, i := range r.TooLarge {
+			res.TooLarge = append(res.TooLarge, off+i)
 		}
 		if err != nil && firstErr == nil {
 			firstErr = err
@@ -247,6 +280,12 @@ func (p *Publisher) publish(ctx context.Context, recs []spool.Record) (PublishRe
 		m.Header[headerDevice][0] = r.Device
 		if err := p.nc.PublishMsg(m); err != nil {
 			p.mu.Lock()
+			if errors.Is(err, nats.ErrMaxPayload) {
+				// This one can never go; the others still can.
+				p.settle(b, i, ackTooLarge, fmt.Errorf("publish %s: %w: %w", r.Subject, ErrTooLarge, err))
+				p.mu.Unlock()
+				continue
+			}
 			p.failFrom(b, i, fmt.Errorf("publish %s: %w", r.Subject, err))
 			p.mu.Unlock()
 			break
@@ -279,21 +318,40 @@ func (p *Publisher) fits(n int) bool {
 	return true
 }
 
+// settle records the outcome of message i of b if it still waits, freeing
+// its slot. Lock held.
+func (p *Publisher) settle(b *pubBatch, i int, outcome uint8, err error) {
+	p.mark(b, i, outcome)
+	if err != nil && b.err == nil {
+		b.err = err
+	}
+	if b.left == 0 {
+		b.signal()
+	}
+	p.freed()
+}
+
+// mark sets the outcome of message i of b if it still waits and frees its
+// slot, so a late ack is ignored. Lock held.
+func (p *Publisher) mark(b *pubBatch, i int, outcome uint8) {
+	if b.acks[i] != ackWaiting {
+		return
+	}
+	b.acks[i] = outcome
+	if id := b.ids[i]; id != 0 {
+		if slot := &p.ring[id&p.mask]; slot.id == id {
+			*slot = pending{}
+			b.left--
+			p.awaiting.Add(-1)
+		}
+	}
+}
+
 // failFrom gives up on the messages of b from index i on that are still
-// waiting, freeing their slots so a late ack is ignored. Lock held.
+// waiting. Lock held.
 func (p *Publisher) failFrom(b *pubBatch, i int, err error) {
 	for j := i; j < len(b.ids); j++ {
-		if b.acks[j] != ackWaiting {
-			continue
-		}
-		b.acks[j] = ackFailed
-		if id := b.ids[j]; id != 0 {
-			if slot := &p.ring[id&p.mask]; slot.id == id {
-				*slot = pending{}
-				b.left--
-				p.awaiting.Add(-1)
-			}
-		}
+		p.mark(b, j, ackFailed)
 	}
 	if b.err == nil {
 		b.err = err
@@ -328,11 +386,13 @@ func (p *Publisher) finish(b *pubBatch, recs []spool.Record, res *PublishResult)
 			res.Stored++
 		case ackDuplicate:
 			res.Duplicates++
+		case ackTooLarge:
+			res.TooLarge = append(res.TooLarge, i)
 		default:
 			res.Failed = append(res.Failed, i)
 		}
 	}
-	if len(res.Failed) > 0 {
+	if len(res.Failed) > 0 || len(res.TooLarge) > 0 {
 		if err == nil {
 			err = errors.New("no ack")
 		}
@@ -416,6 +476,8 @@ func parseAck(m *nats.Msg) (uint8, error) {
 		return ackFailed, fmt.Errorf("unreadable ack %q: %w", d, err)
 	}
 	switch {
+	case ack.Error != nil && ack.Error.ErrCode == jsMsgTooLarge:
+		return ackTooLarge, fmt.Errorf("%w: JetStream error %d (%d): %s", ErrTooLarge, ack.Error.Code, ack.Error.ErrCode, ack.Error.Description)
 	case ack.Error != nil:
 		return ackFailed, fmt.Errorf("JetStream error %d (%d): %s", ack.Error.Code, ack.Error.ErrCode, ack.Error.Description)
 	case ack.Stream == "" || ack.Seq == 0:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -169,14 +170,16 @@ func TestPublisherNoStream(t *testing.T) {
 	}
 }
 
-// JetStream refuses a message (too big for the stream): that one fails with
-// the server's reason, the others are stored.
+// JetStream refuses a message too big for the stream: that one is marked
+// too large (never worth a retry) with the server's reason, the others are
+// stored.
 func TestPublisherJetStreamError(t *testing.T) {
 	p, _, st := pubEnv(t, 16, 5*time.Second, func(c *jetstream.StreamConfig) { c.MaxMsgSize = 512 })
 	recs := testRecs("e", 3)
 	recs[1].Data = []byte(`{"big":"` + strings.Repeat("x", 1000) + `"}`)
 	res, err := p.Publish(context.Background(), recs)
-	if !errors.Is(err, ErrNotStored) || len(res.Failed) != 1 || res.Failed[0] != 1 || res.Stored != 2 {
+	if !errors.Is(err, ErrNotStored) || !errors.Is(err, ErrTooLarge) || len(res.Failed) != 0 ||
+		len(res.TooLarge) != 1 || res.TooLarge[0] != 1 || res.Stored != 2 {
 		t.Fatalf("got %+v, %v", res, err)
 	}
 	if !strings.Contains(err.Error(), "maximum") {
@@ -184,6 +187,56 @@ func TestPublisherJetStreamError(t *testing.T) {
 	}
 	if n := streamMsgs(t, st); n != 2 {
 		t.Fatalf("stream holds %d messages, want 2", n)
+	}
+}
+
+// A message over the server's max_payload is refused by the client library
+// before it is sent: it is marked too large and the messages after it in
+// the batch are still published and stored.
+func TestPublisherMaxPayload(t *testing.T) {
+	p, nc, st := pubEnv(t, 16, 5*time.Second, nil)
+	recs := testRecs("m", 3)
+	recs[0].Data = []byte(`{"big":"` + strings.Repeat("x", int(nc.MaxPayload())) + `"}`)
+	if int64(MessageSize(&recs[0])) <= nc.MaxPayload() || int64(MessageSize(&recs[1])) > nc.MaxPayload() {
+		t.Fatal("MessageSize does not tell the big record from the others")
+	}
+	res, err := p.Publish(context.Background(), recs)
+	if !errors.Is(err, ErrTooLarge) || !errors.Is(err, nats.ErrMaxPayload) || len(res.TooLarge) != 1 || res.TooLarge[0] != 0 ||
+		res.Stored != 2 || len(res.Failed) != 0 {
+		t.Fatalf("got %+v, %v", res, err)
+	}
+	if n := streamMsgs(t, st); n != 2 {
+		t.Fatalf("stream holds %d messages, want 2", n)
+	}
+}
+
+// MessageSize counts what NATS counts against max_payload: a record of
+// exactly max_payload bytes by MessageSize is published and stored, one byte
+// more is refused.
+func TestMessageSizeIsWhatNATSCounts(t *testing.T) {
+	p, nc, st := pubEnv(t, 16, 5*time.Second, nil)
+	limit := int(nc.MaxPayload())
+	sized := func(size int) spool.Record {
+		r := testRecs("sz", 1)[0]
+		r.MsgID += strconv.Itoa(size) // its own id, not a duplicate
+		r.Data = []byte(`{"p":""}`)
+		pad := size - MessageSize(&r)
+		r.Data = []byte(`{"p":"` + strings.Repeat("x", pad) + `"}`)
+		if MessageSize(&r) != size {
+			t.Fatalf("record of %d bytes by MessageSize, want %d", MessageSize(&r), size)
+		}
+		return r
+	}
+	res, err := p.Publish(context.Background(), []spool.Record{sized(limit)})
+	if err != nil || res.Stored != 1 {
+		t.Fatalf("a record of exactly max_payload (%d): %+v %v", limit, res, err)
+	}
+	res, err = p.Publish(context.Background(), []spool.Record{sized(limit + 1)})
+	if !errors.Is(err, nats.ErrMaxPayload) || len(res.TooLarge) != 1 {
+		t.Fatalf("a record one byte over max_payload: %+v %v", res, err)
+	}
+	if n := streamMsgs(t, st); n != 1 {
+		t.Fatalf("stream holds %d messages, want 1", n)
 	}
 }
 

@@ -310,6 +310,12 @@ func (s *Server) Run(ctx context.Context) error {
 		scheme = "https"
 	}
 	s.log.Info().Str("addr", ln.Addr().String()).Str("url", scheme+"://"+ln.Addr().String()+s.opts.Path).Msg("bridge listening")
+	if mp := s.nc.MaxPayload(); mp > 0 && mp < 2*s.opts.MaxBodyBytes {
+		// A message carries an item about twice (raw, and attrs for the
+		// fields not mapped).
+		s.log.Info().Int64("nats_max_payload", mp).Int64("http_max_body_bytes", s.opts.MaxBodyBytes).
+			Msg("a coordinate whose message would pass the NATS server's max_payload is rejected (413, or listed in rejected); real GPS items are far smaller")
+	}
 
 	select {
 	case err := <-serveErr:

@@ -61,6 +61,8 @@ type Spool struct {
 	maxBytes int64
 	segSize  int64 // rotate segments past this size
 
+	asideMu sync.Mutex // serialises SetAside
+
 	mu          sync.Mutex
 	cond        *sync.Cond // signalled when records are appended
 	closed      bool

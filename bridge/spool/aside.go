@@ -1,0 +1,61 @@
+package spool
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// AsideFile is the file, in the spool directory, that keeps the records set
+// aside: spooled coordinates the server can never store as they are (too
+// large for its max_payload or the stream's max_msg_size), one JSON object
+// per line, so they leave the replay without being lost.
+const AsideFile = "set-aside.jsonl"
+
+// asideLine is one line of AsideFile. Data is the message body (canonical
+// JSON) as it would have been published.
+type asideLine struct {
+	Time    time.Time       `json:"time"`
+	Reason  string          `json:"reason"`
+	Subject string          `json:"subject"`
+	MsgID   string          `json:"msg_id"`
+	Device  string          `json:"device"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// SetAside appends recs to AsideFile with the reason and syncs it. The
+// caller then commits them like replayed records.
+func (s *Spool) SetAside(recs []Record, reason string) error {
+	s.asideMu.Lock()
+	defer s.asideMu.Unlock()
+	path := filepath.Join(s.dir, AsideFile)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("spool: set aside: %w", err)
+	}
+	now := time.Now().UTC()
+	enc := json.NewEncoder(f)
+	for _, r := range recs {
+		data := json.RawMessage(r.Data)
+		if !json.Valid(data) {
+			data, _ = json.Marshal(string(r.Data))
+		}
+		if err := enc.Encode(asideLine{Time: now, Reason: reason, Subject: r.Subject, MsgID: r.MsgID, Device: r.Device, Data: data}); err != nil {
+			f.Close()
+			return fmt.Errorf("spool: set aside: %w", err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("spool: set aside: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("spool: set aside: %w", err)
+	}
+	return nil
+}
+
+// AsidePath is the path of AsideFile for this spool.
+func (s *Spool) AsidePath() string { return filepath.Join(s.dir, AsideFile) }
