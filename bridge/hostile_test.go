@@ -63,6 +63,8 @@ func TestHostileInput(t *testing.T) {
 		{"NaN literal", "POST", "", js, nil, `{"device_id":"d","lat":NaN,"lon":2}`, 400, "malformed"},
 		{"Infinity literal", "POST", "", js, nil, `{"device_id":"d","lat":Infinity,"lon":2}`, 400, "malformed"},
 		{"NaN string", "POST", "", js, nil, `{"device_id":"d","lat":"NaN","lon":2}`, 422, "lat"},
+		{"header injection in the device id", "POST", "", js, nil, `{"device_id":"d\r\nNats-Msg-Id: forged","lat":1,"lon":2}`, 422, "control character"},
+		{"device id as query with a newline", "GET", "?device_id=d%0Ax&lat=1&lon=2", "", nil, "", 422, "control character"},
 		{"huge number", "POST", "", js, nil, `{"device_id":"d","lat":1e400,"lon":2}`, 422, "lat"},
 		{"huge integer digits", "POST", "", js, nil, `{"device_id":"d","lat":` + strings.Repeat("9", 5000) + `,"lon":2}`, 422, "lat"},
 		{"lat 91", "POST", "", js, nil, `{"device_id":"d","lat":91,"lon":2}`, 422, "lat"},

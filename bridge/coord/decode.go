@@ -942,6 +942,13 @@ func deviceID(p *pick) (string, string) {
 	if !utf8.ValidString(id) {
 		return "", p.name() + " is not valid UTF-8"
 	}
+	// Control characters cannot travel in the Ubiqo-Device header (NATS
+	// headers are text lines) and are no device's name.
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < ' ' || c == 0x7f {
+			return "", fmt.Sprintf("%s %s contains a control character (byte 0x%02x)", p.name(), quoteShort(id), c)
+		}
+	}
 	return id, ""
 }
 

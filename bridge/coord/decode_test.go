@@ -578,6 +578,8 @@ func TestDecodeRejections(t *testing.T) {
 		{"device 129 bytes", `{"device_id": "` + long + `", "lat": 1, "lon": 2}`,
 			`device_id "` + strings.Repeat("x", 64) + `…" is longer than 128 bytes`},
 		{"device invalid UTF-8", "{\"device_id\": \"ab\xff\", \"lat\": 1, \"lon\": 2}", "device_id is not valid UTF-8"},
+		{"device with a line break", `{"device_id": "a\r\nNats-Msg-Id: forged", "lat": 1, "lon": 2}`, `device_id "a\r\nNats-Msg-Id: forged" contains a control character (byte 0x0d)`},
+		{"device with a NUL", `{"device_id": "a\u0000b", "lat": 1, "lon": 2}`, `device_id "a\x00b" contains a control character (byte 0x00)`},
 		{"no lat", `{"device_id": "r", "lon": 2}`, "lat missing"},
 		{"no lon", `{"device_id": "r", "lat": 2}`, "lon missing"},
 		{"lat 91", `{"device_id": "r", "lat": 91, "lon": 2}`, "lat 91 out of range [-90, 90]"},
