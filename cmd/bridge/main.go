@@ -101,6 +101,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if n, b := sp.Stats(); n > 0 {
 			log.Info().Int64("records", n).Int64("bytes", b).Msg("spool holds coordinates from before; replaying them")
 		}
+		if fi, err := os.Stat(sp.AsidePath()); err == nil && fi.Size() > 0 {
+			log.Warn().Str("file", sp.AsidePath()).Int64("bytes", fi.Size()).
+				Msg("coordinates set aside earlier (the server refused them for their size) wait in this file; publish them by hand once the limit allows, then move it away")
+		}
 	}
 
 	srv, err := bridge.New(bridge.Options{
