@@ -5,12 +5,13 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/ubiqo-bridge/ubiqo-bridge/config.Version=$(VERSION)
 BINARIES := bridge persister alerter forwarder simulator
 # Fuzz budget per target in `make test` (brief) and `make fuzz` (long).
-# The brief one is a count of executions (a few seconds here), not a
-# duration: Go 1.26's fuzz coordinator can report a spurious "context
-# deadline exceeded" failure when a duration runs out under CPU load
-# (golang/go#75804, fixed in Go 1.27), and a count has no deadline to race.
+# Both are counts of executions (a few seconds, and about two minutes per
+# target here), not durations: Go 1.26's fuzz coordinator can report a
+# spurious "context deadline exceeded" failure when a duration runs out
+# under CPU load (golang/go#75804, fixed in Go 1.27), and a count has no
+# deadline to race. FUZZTIME=10m works too, with that risk.
 FUZZTIME_SHORT ?= 150000x
-FUZZTIME ?= 2m
+FUZZTIME ?= 3000000x
 
 .PHONY: help run build test test-unit test-guarantees fuzz-short fuzz bench bench-micro bench-bridge bench-persist bench-forward bench-alert lint demo clean
 
