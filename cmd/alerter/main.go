@@ -48,7 +48,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
-	log := cli.NewLogger(l.Log, "alerter", stderr)
+	log, flushLog := cli.NewLogger(l.Log, "alerter", stderr)
+	defer flushLog()
 
 	rules, err := alert.LoadRules(l.Alert.RulesFile)
 	if err != nil {

@@ -50,7 +50,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("unexpected argument %q (see bridge --help)", l.Args[0])
 	}
 	cfg := l.Config
-	log := cli.NewLogger(cfg.Log, "bridge", stderr)
+	log, flushLog := cli.NewLogger(cfg.Log, "bridge", stderr)
+	defer flushLog()
 	log.Info().Str("version", config.Version).Interface("config", l.Masked()).Msg("starting")
 	if cfg.Auth.Open() {
 		log.Warn().Msg("auth.tokens is empty: the webhook accepts calls from anyone; set auth.tokens in production")

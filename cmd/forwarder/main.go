@@ -53,7 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("unexpected argument %q (see forwarder --help)", l.Args[0])
 	}
 	cfg := l.Config
-	log := cli.NewLogger(cfg.Log, "forwarder", stderr)
+	log, flushLog := cli.NewLogger(cfg.Log, "forwarder", stderr)
+	defer flushLog()
 	// forward.targets shows masked whole here; each target logs itself,
 	// secrets left out, when it starts.
 	log.Info().Str("version", config.Version).Interface("config", l.Masked()).Msg("starting")
@@ -251,7 +252,8 @@ func runRedrive(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log := cli.NewLogger(cfg.Log, "forwarder", stderr)
+	log, flushLog := cli.NewLogger(cfg.Log, "forwarder", stderr)
+	defer flushLog()
 	nc, js, err := connect(cfg, log)
 	if err != nil {
 		return err

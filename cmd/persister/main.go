@@ -33,7 +33,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("unexpected argument %q (see persister --help)", l.Args[0])
 	}
 	cfg := l.Config
-	log := cli.NewLogger(cfg.Log, "persister", stderr)
+	log, flushLog := cli.NewLogger(cfg.Log, "persister", stderr)
+	defer flushLog()
 	// Masked() shows persist.dsn with its password hidden (config.MaskDSN).
 	log.Info().Str("version", config.Version).Interface("config", l.Masked()).Msg("starting")
 

@@ -40,13 +40,19 @@ func Main(name string, run RunFunc) {
 
 // NewLogger returns the logger described by cfg writing to w: JSON lines, or
 // human-readable console output, with a timestamp and the binary's name.
-func NewLogger(cfg config.Log, name string, w io.Writer) zerolog.Logger {
+// JSON lines below warn are written in batches (see logWriter); call flush
+// before the program ends.
+func NewLogger(cfg config.Log, name string, w io.Writer) (log zerolog.Logger, flush func()) {
 	level, err := zerolog.ParseLevel(strings.ToLower(cfg.Level))
 	if err != nil || cfg.Level == "" {
 		level = zerolog.InfoLevel
 	}
+	flush = func() {}
 	if cfg.Format == "console" {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	} else {
+		lw := newLogWriter(w)
+		w, flush = lw, lw.Flush
 	}
-	return zerolog.New(w).Level(level).With().Timestamp().Str("service", name).Logger()
+	return zerolog.New(w).Level(level).With().Timestamp().Str("service", name).Logger(), flush
 }
