@@ -208,7 +208,7 @@ func run(ctx context.Context, o options) error {
 		}},
 		{"bridge", func(addr string) []string {
 			return []string{filepath.Join(tmp, "bridge"), "--http.addr", addr, "--nats.url", natsURL,
-				"--spool.dir", filepath.Join(tmp, "spool"), "--log.level", "warn", "--stream.compression", o.compression}
+				"--spool.dir", filepath.Join(tmp, "spool"), "--stream.compression", o.compression} // default logging: the access log of every request
 		}},
 	}
 	type live struct {
@@ -365,7 +365,7 @@ func render(rs []result, plainRuns, shapedRuns []float64, o options) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# ubiqo-bridge benchmark\n\n")
 	fmt.Fprintf(&b, "- date: %s\n- machine: %s, %d CPUs, %s\n- commit: %s\n", time.Now().UTC().Format(time.RFC3339), cpuModel(), runtime.NumCPU(), runtime.Version(), commit())
-	fmt.Fprintf(&b, "- load: bench/load in the benchmark process, %d devices, runs of %v; one nats-server (JetStream, file storage) for all, the COORDS stream (stream.compression %s) made anew before every run\n", o.devices, o.duration, o.compression)
+	fmt.Fprintf(&b, "- load: bench/load in the benchmark process, %d devices, runs of %v; one nats-server (JetStream, file storage) for all, the COORDS stream (stream.compression %s) made anew before every run; ubiqo-bridge with its default logging (an access log line per request)\n", o.devices, o.duration, o.compression)
 	fmt.Fprintf(&b, "- %d rounds, the programs interleaved (each round runs every load against each program in turn); every figure is the median of the rounds\n\n", o.rounds)
 	fmt.Fprintf(&b, "| measure | bare HTTP | naive bridge | ubiqo-bridge | bridge / naive | bridge / bare |\n|---|---|---|---|---|---|\n")
 	row := func(name string, f func(r result) string, ratios ...string) {
