@@ -314,7 +314,7 @@ func (s *Server) setAside(recs []spool.Record, tooLarge []int, cause error) erro
 	}
 	s.metrics.setAside.Add(float64(len(aside)))
 	s.log.Error().Err(cause).Int("coordinates", len(aside)).Str("file", s.spool.AsidePath()).
-		Msg("spooled coordinates the server refuses for their size were set aside (not retried); publish them by hand once the limit allows")
+		Msg("spooled coordinates the server refuses for their size were set aside (not retried); bridge set-aside --publish stores them once the limit allows")
 	return nil
 }
 

@@ -14,9 +14,9 @@ import (
 // per line, so they leave the replay without being lost.
 const AsideFile = "set-aside.jsonl"
 
-// asideLine is one line of AsideFile. Data is the message body (canonical
+// AsideRecord is one line of AsideFile. Data is the message body (canonical
 // JSON) as it would have been published.
-type asideLine struct {
+type AsideRecord struct {
 	Time    time.Time       `json:"time"`
 	Reason  string          `json:"reason"`
 	Subject string          `json:"subject"`
@@ -30,19 +30,32 @@ type asideLine struct {
 func (s *Spool) SetAside(recs []Record, reason string) error {
 	s.asideMu.Lock()
 	defer s.asideMu.Unlock()
-	path := filepath.Join(s.dir, AsideFile)
+	lines := make([]AsideRecord, len(recs))
+	now := time.Now().UTC()
+	for i, r := range recs {
+		lines[i] = AsideRecord{Time: now, Reason: reason, Subject: r.Subject, MsgID: r.MsgID, Device: r.Device, Data: r.Data}
+	}
+	return AppendAside(s.dir, lines)
+}
+
+// AppendAside appends lines to AsideFile in dir and syncs it. Each line is
+// one write to a file opened for appending, so a bridge setting records
+// aside meanwhile does not interleave with it.
+func AppendAside(dir string, lines []AsideRecord) error {
+	path := filepath.Join(dir, AsideFile)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
 		return fmt.Errorf("spool: set aside: %w", err)
 	}
-	now := time.Now().UTC()
-	enc := json.NewEncoder(f)
-	for _, r := range recs {
-		data := json.RawMessage(r.Data)
-		if !json.Valid(data) {
-			data, _ = json.Marshal(string(r.Data))
+	for _, l := range lines {
+		if !json.Valid(l.Data) {
+			l.Data, _ = json.Marshal(string(l.Data))
 		}
-		if err := enc.Encode(asideLine{Time: now, Reason: reason, Subject: r.Subject, MsgID: r.MsgID, Device: r.Device, Data: data}); err != nil {
+		b, err := json.Marshal(l)
+		if err == nil {
+			_, err = f.Write(append(b, '\n'))
+		}
+		if err != nil {
 			f.Close()
 			return fmt.Errorf("spool: set aside: %w", err)
 		}

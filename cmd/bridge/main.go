@@ -4,6 +4,8 @@
 //
 //	bridge [flags]                 serve the webhook
 //	bridge token [flags] DEVICE_ID print the subject of a device id
+//	bridge set-aside [--publish]   list (or store) the coordinates set aside
+//	                               in spool.dir for their size
 package main
 
 import (
@@ -41,6 +43,9 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "token" {
 		return runToken(args[1:], stdout)
+	}
+	if len(args) > 0 && args[0] == "set-aside" {
+		return runSetAside(ctx, args[1:], stdout)
 	}
 	l, err := config.Load(config.Bridge, args, stdout)
 	if err != nil {
@@ -104,7 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		if fi, err := os.Stat(sp.AsidePath()); err == nil && fi.Size() > 0 {
 			log.Warn().Str("file", sp.AsidePath()).Int64("bytes", fi.Size()).
-				Msg("coordinates set aside earlier (the server refused them for their size) wait in this file; publish them by hand once the limit allows, then move it away")
+				Msg("coordinates set aside earlier (the server refused them for their size) wait in this file; bridge set-aside lists them, bridge set-aside --publish stores them once the limit allows")
 		}
 	}
 
