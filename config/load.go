@@ -175,7 +175,9 @@ func writeUsage(w io.Writer, b Binary, fs *pflag.FlagSet) {
 func usageTail(b Binary) string {
 	switch b {
 	case Bridge:
-		return "\n       bridge token [flags] DEVICE_ID   print the subject of a device id"
+		return "\n       bridge token [flags] DEVICE_ID   print the subject of a device id" +
+			"\n       bridge set-aside [--publish] [flags]  list the coordinates set aside in spool.dir for their size;" +
+			"\n                                        --publish stores them once the server takes them"
 	default:
 		return ""
 	}
