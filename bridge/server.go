@@ -192,15 +192,6 @@ func setDefaults(o *Options) {
 // Handler returns the server's HTTP handler (for tests with httptest).
 func (s *Server) Handler() http.Handler { return s.echo }
 
-// AdminHandler returns the admin listener's handler, or nil without
-// Options.AdminAddr.
-func (s *Server) AdminHandler() http.Handler {
-	if s.admin == nil {
-		return nil
-	}
-	return s.admin
-}
-
 // AdminAddr returns the address of the admin listener once Run has started
 // it, or nil.
 func (s *Server) AdminAddr() net.Addr {
