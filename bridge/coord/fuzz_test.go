@@ -69,6 +69,9 @@ func checkBatch(t *testing.T, b *Batch, maxItems int) {
 	for i := range b.Coords {
 		c := &b.Coords[i]
 		checkCoord(t, c)
+		if strings.ContainsFunc(c.DeviceID, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+			t.Fatalf("device id %q with a control character accepted: it cannot travel in the Ubiqo-Device header", c.DeviceID)
+		}
 		if out := c.AppendJSON(nil); !utf8.Valid(out) {
 			t.Fatalf("AppendJSON output is not UTF-8: %q", out)
 		}
