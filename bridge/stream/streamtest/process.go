@@ -2,6 +2,7 @@ package streamtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -96,19 +97,49 @@ func FreePort(t testing.TB) int {
 // storage in the test's temporary directory; it is killed when the test ends.
 func StartProc(t testing.TB) *Proc {
 	t.Helper()
-	p := &Proc{Name: "single", Port: FreePort(t), Dir: t.TempDir(), t: t}
-	p.conf = filepath.Join(p.Dir, "nats.conf")
-	conf := fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:%d\njetstream { store_dir: %q }\n", p.Name, p.Port, filepath.Join(p.Dir, "js"))
-	if err := os.WriteFile(p.conf, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
+	for attempt := 1; ; attempt++ {
+		p := &Proc{Name: "single", Port: FreePort(t), Dir: t.TempDir(), t: t}
+		p.conf = filepath.Join(p.Dir, "nats.conf")
+		conf := fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:%d\njetstream { store_dir: %q }\n", p.Name, p.Port, filepath.Join(p.Dir, "js"))
+		if err := os.WriteFile(p.conf, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p.startNoWait()
+		t.Cleanup(p.Kill)
+		err := p.waitUp(30 * time.Second)
+		if err == nil {
+			return p
+		}
+		p.Kill()
+		if attempt == 3 || !errors.Is(err, errPortTaken) {
+			t.Fatal(err)
+		}
+		t.Logf("streamtest: %v; starting again on another port", err)
 	}
-	p.Start()
-	t.Cleanup(p.Kill)
-	return p
 }
 
 // StartCluster starts an n-node JetStream cluster of processes on loopback.
+// A port FreePort chose can be taken by another process before the server
+// binds it (tests of several packages run at once); the cluster is then
+// started again on other ports.
 func StartCluster(t testing.TB, n int) []*Proc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		procs, err := startCluster(t, n)
+		if err == nil {
+			return procs
+		}
+		if attempt == 3 || !errors.Is(err, errPortTaken) {
+			t.Fatal(err)
+		}
+		t.Logf("streamtest: %v; starting the cluster again on other ports", err)
+	}
+}
+
+// errPortTaken: a server found one of its ports taken.
+var errPortTaken = errors.New("a port was taken before the server bound it")
+
+func startCluster(t testing.TB, n int) ([]*Proc, error) {
 	t.Helper()
 	procs := make([]*Proc, n)
 	var routes []string
@@ -136,9 +167,14 @@ cluster {
 		t.Cleanup(p.Kill)
 	}
 	for _, p := range procs {
-		p.waitListening(30 * time.Second)
+		if err := p.waitUp(30 * time.Second); err != nil {
+			for _, q := range procs {
+				q.Kill()
+			}
+			return nil, err
+		}
 	}
-	return procs
+	return procs, nil
 }
 
 // ClusterURL is the comma-separated client URLs of the processes.
@@ -205,16 +241,36 @@ func (p *Proc) startNoWait() {
 
 func (p *Proc) waitListening(timeout time.Duration) {
 	p.t.Helper()
+	if err := p.waitUp(timeout); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// waitUp waits until the server accepts connections; it fails early, with
+// errPortTaken when that is why, if the process exits.
+func (p *Proc) waitUp(timeout time.Duration) error {
+	p.mu.Lock()
+	exited := p.exited
+	p.mu.Unlock()
 	deadline := time.Now().Add(timeout)
 	for {
 		nc, err := nats.Connect(p.URL(), nats.Timeout(500*time.Millisecond))
 		if err == nil {
 			nc.Close()
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
+		gone := false
+		select {
+		case <-exited:
+			gone = true
+		default:
+		}
+		if gone || time.Now().After(deadline) {
 			log, _ := os.ReadFile(filepath.Join(p.Dir, "server.log"))
-			p.t.Fatalf("nats-server %s not accepting connections: %v\n%s", p.Name, err, tail(log, 2000))
+			if gone && strings.Contains(string(log), "address already in use") {
+				return fmt.Errorf("nats-server %s: %w\n%s", p.Name, errPortTaken, tail(log, 500))
+			}
+			return fmt.Errorf("nats-server %s not accepting connections (exited: %v): %v\n%s", p.Name, gone, err, tail(log, 2000))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
