@@ -104,7 +104,7 @@ func (h *health) ready(ctx context.Context) error {
 	return err
 }
 
-func (h *health) handler(reg *prometheus.Registry, pprof bool) http.Handler {
+func (h *health) handler(reg *prometheus.Registry, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -123,7 +123,7 @@ func (h *health) handler(reg *prometheus.Registry, pprof bool) http.Handler {
 		_ = json.NewEncoder(w).Encode(body)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	if pprof {
+	if withPprof {
 		MountPprof(mux)
 	}
 	return mux
