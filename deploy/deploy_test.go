@@ -406,6 +406,18 @@ func httpPort(l *config.Loaded) string {
 	return port
 }
 
+// metricsPort is where a program serves /metrics: the bridge's
+// http.admin_addr when set, else http.addr.
+func metricsPort(l *config.Loaded) string {
+	if l != nil && l.HTTP.AdminAddr != "" {
+		if _, port, err := net.SplitHostPort(l.HTTP.AdminAddr); err == nil {
+			return port
+		}
+		return ""
+	}
+	return httpPort(l)
+}
+
 // stopBudget is how long the program may take to stop after SIGTERM with
 // this configuration: the HTTP grace, then for the bridge the last publish
 // acks, for a subscriber the drain of the batch in flight.
@@ -999,9 +1011,9 @@ func TestPrometheusConfig(t *testing.T) {
 			t.Errorf("rule file %s comes from %s, want deploy/prometheus/alerts.yml", rf, m.Source)
 		}
 	}
-	ports := map[string]string{} // service -> http.addr port
+	ports := map[string]string{} // service -> the port of its /metrics
 	for _, u := range ubiqoServices(t, c, false) {
-		ports[u.name] = httpPort(u.cfg)
+		ports[u.name] = metricsPort(u.cfg)
 	}
 	scraped := map[string]bool{}
 	jobs := map[string]bool{}
@@ -1016,7 +1028,7 @@ func TestPrometheusConfig(t *testing.T) {
 				t.Errorf("job %s scrapes %s, which is not a compose service", sc.JobName, host)
 			}
 			if ours && port != want {
-				t.Errorf("job %s scrapes %s on port %s, but its http.addr port is %q", sc.JobName, host, port, want)
+				t.Errorf("job %s scrapes %s on port %s, but it serves /metrics on port %q (http.admin_addr, else http.addr)", sc.JobName, host, port, want)
 			}
 			scraped[host] = true
 		}
