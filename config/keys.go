@@ -137,7 +137,17 @@ func defaultsFor(b Binary) map[string]any {
 	switch b {
 	case Bridge:
 		return nil
+	case Persister:
+		return map[string]any{"http.addr": "", "consumer.batch_size": PersisterBatchSize}
 	default:
 		return map[string]any{"http.addr": ""}
 	}
 }
+
+// PersisterBatchSize is the persister's default consumer.batch_size, the
+// rows of one transaction. Against 500 (the other subscribers' default) it
+// drained a backlog about 25% faster into SQLite and 30–50% faster into
+// PostgreSQL (make bench-persist), for about 10 MB (SQLite) or 20 MB
+// (PostgreSQL) more peak RSS; 2,000 gained little more on PostgreSQL and
+// took SQLite's RSS near 150 MB.
+const PersisterBatchSize = 1000

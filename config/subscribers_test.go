@@ -21,8 +21,20 @@ func TestConsumerDefaults(t *testing.T) {
 		t.Errorf("backoff = %v, want %v", c.Backoff, want)
 	}
 	if c.AckWait != 30*time.Second || c.MaxDeliver != -1 || c.MaxAckPending != 10000 ||
-		c.BatchSize != 500 || c.BatchWait != 200*time.Millisecond || c.DeliverPolicy != "all" {
+		c.BatchSize != PersisterBatchSize || c.BatchWait != 200*time.Millisecond || c.DeliverPolicy != "all" {
 		t.Errorf("defaults: %+v", c)
+	}
+	// The other subscribers keep 500: the alerter writes device state per
+	// batch, the forwarder batches per target.
+	t.Setenv("UBIQO_FORWARD_TARGETS_JSON", `[{"name":"t","url":"http://127.0.0.1:1/x"}]`)
+	for _, b := range []Binary{Alerter, Forwarder} {
+		o, _, err := load(t, b)
+		if err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if o.Consumer.BatchSize != 500 {
+			t.Errorf("%s consumer.batch_size default %d, want 500", b, o.Consumer.BatchSize)
+		}
 	}
 	if l.HTTP.Addr != "" {
 		t.Errorf("subscriber http.addr default = %q, want empty (off)", l.HTTP.Addr)

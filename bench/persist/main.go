@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
+	"github.com/ubiqo-bridge/ubiqo-bridge/config"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
@@ -65,7 +66,7 @@ func main() {
 	flag.IntVar(&o.devices, "devices", 10_000, "devices in the simulated fleet")
 	flag.StringVar(&o.pg, "pg", os.Getenv("UBIQO_TEST_POSTGRES_DSN"), "PostgreSQL URL (default $UBIQO_TEST_POSTGRES_DSN); empty = SQLite only. A schema of its own is created and dropped")
 	flag.StringVar(&o.sqlite, "sqlite", "", "SQLite file (default: in the temporary directory)")
-	flag.IntVar(&o.batch, "batch", subscribers.DefaultBatchSize, "consumer.batch_size")
+	flag.IntVar(&o.batch, "batch", config.PersisterBatchSize, "consumer.batch_size (default: the persister's)")
 	flag.StringVar(&o.sync, "sqlite-synchronous", "full", "persist.sqlite_synchronous")
 	flag.IntVar(&o.maxPending, "max-ack-pending", subscribers.DefaultMaxAckPending, "consumer.max_ack_pending")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory and the PostgreSQL schema")
