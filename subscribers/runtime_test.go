@@ -257,8 +257,18 @@ func TestGracefulStopFinishesTheBatchInFlight(t *testing.T) {
 	if v := ctxErr.Load(); v != nil {
 		t.Errorf("handler context cancelled during a graceful stop: %v", v)
 	}
-	info := e.consumerInfo(t, "drainer")
 	got := int(handled.Load())
+	// The acks were sent before Run returned; the server applies them on a
+	// goroutine of its own, so give it a moment.
+	var info *jetstream.ConsumerInfo
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		info = e.consumerInfo(t, "drainer")
+		if (info.NumAckPending == 0 && int(info.AckFloor.Stream) == got) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	t.Logf("handled %d of %d before stopping; ack floor %d, ack pending %d", got, n, info.AckFloor.Stream, info.NumAckPending)
 	if got < 20 {
 		t.Errorf("handled %d, want at least the batch in flight (20)", got)
