@@ -172,3 +172,18 @@ func (e *env) consumerInfo(t *testing.T, durable string) *jetstream.ConsumerInfo
 	}
 	return info
 }
+
+// consumerInfoWhen reads the consumer until ok holds or 5 s pass and
+// returns the last read: the server applies acks on a goroutine of its own,
+// a moment after they arrive.
+func (e *env) consumerInfoWhen(t *testing.T, durable string, ok func(*jetstream.ConsumerInfo) bool) *jetstream.ConsumerInfo {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		info := e.consumerInfo(t, durable)
+		if ok(info) || time.Now().After(deadline) {
+			return info
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -141,7 +141,9 @@ func TestOutcomesAckRetryPermanent(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	info := e.consumerInfo(t, "policy")
+	info := e.consumerInfoWhen(t, "policy", func(i *jetstream.ConsumerInfo) bool {
+		return i.NumAckPending == 0 && i.NumPending == 0 && i.AckFloor.Stream == 4
+	})
 	if info.NumAckPending != 0 || info.NumPending != 0 || info.AckFloor.Stream != 4 {
 		t.Errorf("consumer after the run: ack pending %d, pending %d, ack floor %d; want 0, 0, 4",
 			info.NumAckPending, info.NumPending, info.AckFloor.Stream)
@@ -258,17 +260,10 @@ func TestGracefulStopFinishesTheBatchInFlight(t *testing.T) {
 		t.Errorf("handler context cancelled during a graceful stop: %v", v)
 	}
 	got := int(handled.Load())
-	// The acks were sent before Run returned; the server applies them on a
-	// goroutine of its own, so give it a moment.
-	var info *jetstream.ConsumerInfo
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		info = e.consumerInfo(t, "drainer")
-		if (info.NumAckPending == 0 && int(info.AckFloor.Stream) == got) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The acks were sent before Run returned.
+	info := e.consumerInfoWhen(t, "drainer", func(i *jetstream.ConsumerInfo) bool {
+		return i.NumAckPending == 0 && int(i.AckFloor.Stream) == got
+	})
 	t.Logf("handled %d of %d before stopping; ack floor %d, ack pending %d", got, n, info.AckFloor.Stream, info.NumAckPending)
 	if got < 20 {
 		t.Errorf("handled %d, want at least the batch in flight (20)", got)
@@ -513,7 +508,9 @@ func TestAsyncHandlerHoldsOneDeviceWithoutBlockingOthers(t *testing.T) {
 	if n := deliveries[5]; n != 1 {
 		t.Errorf("held message delivered %d times, want 1 (kept alive past AckWait)", n)
 	}
-	info := e.consumerInfo(t, "async")
+	info := e.consumerInfoWhen(t, "async", func(i *jetstream.ConsumerInfo) bool {
+		return i.NumAckPending == 0 && i.AckFloor.Stream == others+1
+	})
 	if info.NumAckPending != 0 || info.AckFloor.Stream != others+1 {
 		t.Errorf("ack pending %d, ack floor %d; want 0 and %d", info.NumAckPending, info.AckFloor.Stream, others+1)
 	}
