@@ -31,31 +31,26 @@ func benchDecoder(b *testing.B) *Decoder {
 	return d
 }
 
-func BenchmarkDecodeSingle(b *testing.B) {
+// decodeLoop decodes body once per iteration, checks that it yields want
+// coordinates and hands each batch to then, when not nil.
+func decodeLoop(b *testing.B, body []byte, want int, then func(*Batch)) {
 	d := benchDecoder(b)
-	body := []byte(benchItem(1))
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
 		batch, err := d.Decode("application/json", body, nil, goldenNow)
-		if err != nil || len(batch.Coords) != 1 {
+		if err != nil || len(batch.Coords) != want {
 			b.Fatal(err)
+		}
+		if then != nil {
+			then(batch)
 		}
 	}
 }
 
-func BenchmarkDecodeBatch100(b *testing.B) {
-	d := benchDecoder(b)
-	body := benchBatch(100)
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		batch, err := d.Decode("application/json", body, nil, goldenNow)
-		if err != nil || len(batch.Coords) != 100 {
-			b.Fatal(err)
-		}
-	}
-}
+func BenchmarkDecodeSingle(b *testing.B) { decodeLoop(b, []byte(benchItem(1)), 1, nil) }
+
+func BenchmarkDecodeBatch100(b *testing.B) { decodeLoop(b, benchBatch(100), 100, nil) }
 
 func BenchmarkAppendJSON(b *testing.B) {
 	batch, err := benchDecoder(b).DecodeJSON([]byte(benchItem(1)), goldenNow)
@@ -101,15 +96,7 @@ func BenchmarkToken(b *testing.B) {
 // (AppendJSON, into one shared buffer as bridge.Publisher.Records does) and
 // the message id.
 func BenchmarkPipelineBatch100(b *testing.B) {
-	d := benchDecoder(b)
-	body := benchBatch(100)
-	b.SetBytes(int64(len(body)))
-	b.ReportAllocs()
-	for b.Loop() {
-		batch, err := d.Decode("application/json", body, nil, goldenNow)
-		if err != nil || len(batch.Coords) != 100 {
-			b.Fatal(err)
-		}
+	decodeLoop(b, benchBatch(100), 100, func(batch *Batch) {
 		size := 0
 		for i := range batch.Coords {
 			size += 320 + 2*len(batch.Coords[i].Raw) // as bridge.Publisher.Records sizes it
@@ -120,5 +107,5 @@ func BenchmarkPipelineBatch100(b *testing.B) {
 			buf = c.AppendJSON(buf)
 			_ = c.MsgID()
 		}
-	}
+	})
 }
