@@ -84,7 +84,7 @@ func (s *Server) handleIngest(c echo.Context) error {
 	// rejected now: spooled, it would never leave and would hold up every
 	// later coordinate of its device.
 	var items []int // the request item of each record, once needed
-	if limit := s.pub.MaxPayload(); limit > 0 {
+	if limit := s.nc.MaxPayload(); limit > 0 {
 		for i := range recs {
 			if int64(MessageSize(&recs[i])) > limit {
 				items = itemIndexes(len(recs), batch.Rejected)

@@ -47,10 +47,6 @@ func MessageSize(r *spool.Record) int {
 	return headerOverhead + len(r.MsgID) + len(r.Device) + len(r.Data)
 }
 
-// MaxPayload is the largest message the connected server takes (0 while
-// not connected).
-func (p *Publisher) MaxPayload() int64 { return p.nc.MaxPayload() }
-
 // errTooManyPending means the ring of publishes awaiting their ack stayed
 // full for the whole publish timeout (nats.max_pending).
 var errTooManyPending = errors.New("too many publishes awaiting their ack (nats.max_pending)")
