@@ -54,7 +54,7 @@ fuzz: ## fuzz every target for FUZZTIME each
 	$(MAKE) fuzz-short FUZZTIME_SHORT=$(FUZZTIME)
 
 BENCH_DURATION ?= 8s
-BENCH_ROUNDS ?= 3
+BENCH_ROUNDS ?= 5
 
 bench: bench-micro bench-bridge bench-persist bench-forward bench-alert ## run every benchmark and load run (several minutes)
 

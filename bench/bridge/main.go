@@ -66,7 +66,7 @@ type options struct {
 func main() {
 	var o options
 	flag.DurationVar(&o.duration, "duration", 8*time.Second, "length of each load run")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds of interleaved runs; the table shows their median")
+	flag.IntVar(&o.rounds, "rounds", 5, "rounds of interleaved runs; the table shows their median")
 	flag.StringVar(&o.compression, "compression", defaultCompression(), "stream.compression of COORDS (and so of the naive bridge's writes too): s2 or none")
 	flag.IntVar(&o.connections, "connections", 64, "connections for the closed-loop runs")
 	flag.Float64Var(&o.rate, "rate", 5000, "requests per second of the fixed-rate run")
@@ -347,6 +347,14 @@ func render(rs []result, plainRuns, shapedRuns []float64, o options) string {
 		}
 		return fmt.Sprintf("%.2f×", a/b)
 	}
+	// ratio3 is for the verdicts, whose thresholds sit on the second
+	// decimal: 0.795× is not met though ratio shows 0.80×.
+	ratio3 := func(a, b float64) string {
+		if b == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.3f×", a/b)
+	}
 	mb := func(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
 	verdict := func(ok bool) string {
 		if ok {
@@ -469,11 +477,11 @@ func render(rs []result, plainRuns, shapedRuns []float64, o options) string {
 	fmt.Fprintf(&b, "| shaped like the contract: a Nats-Msg-Id per message, 10,000 subjects, the message headers, a stream set up like COORDS | %.0f | %s |\n\n", natsShaped, ratio(coordsPS(br), natsShaped))
 
 	fmt.Fprintf(&b, "| target (issue 7) | measured | |\n|---|---|---|\n")
-	fmt.Fprintf(&b, "| single POSTs ≥ 1.3× naive | %s | %s |\n", ratio(thr(br), thr(naive)), verdict(thr(naive) > 0 && thr(br) >= 1.3*thr(naive)))
-	fmt.Fprintf(&b, "| single POSTs ≥ 50%% of bare HTTP | %s | %s |\n", ratio(thr(br), thr(bare)), verdict(thr(bare) > 0 && thr(br) >= 0.5*thr(bare)))
+	fmt.Fprintf(&b, "| single POSTs ≥ 1.3× naive | %s | %s |\n", ratio3(thr(br), thr(naive)), verdict(thr(naive) > 0 && thr(br) >= 1.3*thr(naive)))
+	fmt.Fprintf(&b, "| single POSTs ≥ 50%% of bare HTTP | %s | %s |\n", ratio3(thr(br), thr(bare)), verdict(thr(bare) > 0 && thr(br) >= 0.5*thr(bare)))
 	fmt.Fprintf(&b, "| fixed rate p99 ≤ naive's | %s vs %s | %s |\n", ms(p99fixed(br)), ms(p99fixed(naive)), verdict(p99fixed(br) <= p99fixed(naive)))
 	fmt.Fprintf(&b, "| fixed rate p99 < 5 ms | %s | %s |\n", ms(p99fixed(br)), verdict(p99fixed(br) < 5*time.Millisecond))
-	fmt.Fprintf(&b, "| batches ≥ 80%% of nats bench (plain) | %s | %s |\n", ratio(coordsPS(br), natsBench), verdict(natsBench > 0 && coordsPS(br) >= 0.8*natsBench))
+	fmt.Fprintf(&b, "| batches ≥ 80%% of nats bench (plain) | %s | %s |\n", ratio3(coordsPS(br), natsBench), verdict(natsBench > 0 && coordsPS(br) >= 0.8*natsBench))
 	fmt.Fprintf(&b, "| bridge peak RSS ≤ 80 MB | %s | %s |\n", mb(br.peakRSS), verdict(br.peakRSS <= 80<<20))
 	fmt.Fprintf(&b, "| bridge idle RSS ≤ 30 MB | %s | %s |\n", mb(br.idleRSS), verdict(br.idleRSS <= 30<<20))
 	return b.String()
