@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -219,18 +218,25 @@ func (l *asyncLoop) dispatch(ctx context.Context, r *Runtime, m *Msg) {
 	l.inflight[m] = start
 	l.mu.Unlock()
 	r.metrics.unsettled.Inc()
-	var done atomic.Bool
-	l.h.HandleAsync(ctx, m, func(err error) {
-		if !done.CompareAndSwap(false, true) {
-			return
+	var once sync.Once
+	var finished bool
+	l.h.HandleAsync(ctx, m, func(err error) bool {
+		first := false
+		once.Do(func() {
+			first = true
+			out := r.settle(ctx, m, err)
+			finished = out == acked || out == deadLettered || (out == unsettled && err == nil)
+		})
+		if !first {
+			return finished
 		}
-		r.settle(ctx, m, err)
 		l.mu.Lock()
 		delete(l.inflight, m)
 		l.mu.Unlock()
 		r.metrics.unsettled.Dec()
 		r.metrics.batchSeconds.Observe(time.Since(start).Seconds())
 		<-l.slots
+		return finished
 	})
 }
 

@@ -218,10 +218,17 @@ func All(msgs []*Msg, err error) []error {
 }
 
 // Settle settles one message with a handler outcome: nil, retryable or
-// Permanent. The first call counts; later calls are ignored. Settle may be
-// called from any goroutine and returns once the ack, nak or DLQ copy + term
-// was sent.
-type Settle func(err error)
+// Permanent. The first call counts; later calls are ignored and report what
+// the first did. Settle may be called from any goroutine and returns once
+// the ack, nak or DLQ copy + term was sent.
+//
+// It reports whether the message is finished: acked, or copied to the DLQ
+// and terminated. It is false when the message was nak'ed to come back (a
+// retryable error, or a Permanent one whose DLQ copy failed): a handler that
+// remembers what it settled must then treat the redelivery as new work, not
+// as a stale copy. An ack that could not be sent still counts as finished
+// (the work was done; its redelivery is a copy).
+type Settle func(err error) (finished bool)
 
 // AsyncHandler handles messages one at a time and settles each later.
 type AsyncHandler interface {

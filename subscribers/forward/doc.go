@@ -46,8 +46,13 @@
 // its oldest coordinate. Usually that wait is milliseconds.
 //
 // A redelivery of a message this run already settled (its ack reached the
-// server after AckWait, e.g. a starved process) is recognised and acked,
-// never sent again after its device's later coordinates.
+// server after AckWait, e.g. a starved process) is recognised by its exact
+// stream sequence and acked, never sent again after its device's later
+// coordinates. Anything else is sent, even late: a delivery lost on the way
+// (a connection that broke with it in a pull response) comes back after
+// AckWait, after its device's next coordinate went, and is sent then and
+// counted out of order; a message whose DLQ copy failed was nak'ed by the
+// runtime and is given up again when it comes back. Nothing is acked unsent.
 //
 // Delivery is at least once: a coordinate delivered just before a crash,
 // whose ack was lost, is delivered again; receivers dedupe on webhook-id /

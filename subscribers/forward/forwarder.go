@@ -233,7 +233,11 @@ func newTargetRun(js JetStream, t Target, opts Options, m *metrics, reg promethe
 		return nil, fmt.Errorf("target %s: %w", t.Name, err)
 	}
 	r := &targetRun{t: t, js: js, rt: rt, rtCfg: rt.Config(), client: cl, m: m, log: log}
-	r.sched = newScheduler(t.BatchSize, func(msg *subscribers.Msg) {
+	// A stale copy comes within about an AckWait of its original's ack;
+	// remembering settled sequences for twice that (a minute at least) is
+	// ample.
+	keep := max(2*r.rtCfg.AckWait, time.Minute)
+	r.sched = newScheduler(t.BatchSize, keep, func(msg *subscribers.Msg) {
 		m.outOfOrder.WithLabelValues(t.Name).Inc()
 		log.Warn().Uint64("seq", msg.StreamSeq).Str("device", msg.Coord.DeviceID).
 			Msg("coordinate arrived after a newer one of its device was sent (is a second forwarder running on this durable?)")
@@ -442,17 +446,19 @@ func (r *targetRun) giveUp(u *unit, e *DeliveryError) {
 	r.m.dead.WithLabelValues(r.t.Name, e.Reason).Add(float64(len(u.msgs)))
 }
 
-// settle settles every delivery of every message of u with err; the
-// redelivered copies of a dead-lettered message are acked (the first copy
-// went to the DLQ).
+// settle settles every delivery of every message of u with err and notes
+// which messages are finished. The redelivered copies of a dead-lettered
+// message are acked (the first copy went to the DLQ); if its DLQ copy
+// failed (the runtime nak'ed it to come back), each copy tries again.
 func (r *targetRun) settle(u *unit, err error) {
 	for _, h := range u.msgs {
-		for i, s := range h.settles {
-			if i > 0 && subscribers.IsPermanent(err) {
+		h.finished = h.settles[0](err)
+		for _, s := range h.settles[1:] {
+			if h.finished && subscribers.IsPermanent(err) {
 				s(nil)
 				continue
 			}
-			s(err)
+			h.finished = s(err) || h.finished
 		}
 	}
 }

@@ -18,6 +18,10 @@ type held struct {
 	// InProgress lost in a reconnect); the copies share the first one's fate.
 	settles []subscribers.Settle
 	dev     *device
+	// finished is set when the message was settled for good (acked, or
+	// dead-lettered); a dead-letter copy that failed leaves it false, and
+	// the message comes back as new work.
+	finished bool
 }
 
 func (h *held) seq() uint64 { return h.msg.StreamSeq }
@@ -73,19 +77,46 @@ type scheduler struct {
 	closed  bool
 	wake    chan struct{} // one token: "look again"
 
-	// What this run settled, to recognise a stale redelivery: a copy the
-	// server sent because an ack came after AckWait (a starved process),
-	// arriving after the original was settled. Sending it would repeat a
-	// coordinate after its device's later ones. For sequences above
-	// gate.last every delivery went to this run, and a device's messages
-	// are settled in order, so the device's highest settled sequence
-	// (doneHigh) tells; the earlier run's messages are recorded one by one
-	// (doneOld, at most that run's unacknowledged count).
+	// settled holds the sequences this run finished, to recognise a stale
+	// redelivery: a copy the server sent because an ack came after AckWait
+	// (a starved process), arriving after the original was settled. Sending
+	// it would repeat a coordinate after its device's later ones. Only the
+	// exact sequence tells: a device's highest settled sequence does not,
+	// because a delivery can be lost on the way (a connection that breaks
+	// with a pull response in it) while the device's next message arrives
+	// and is sent; the lost one comes back after AckWait and must be sent,
+	// late, not acked unsent.
+	settled seqSet
+	// doneHigh is each device's highest sequence sent or given up, to count
+	// a message that arrives after a newer one of its device went.
 	doneHigh map[string]uint64
-	doneOld  map[uint64]struct{}
 }
 
-func newScheduler(batch int, onOutOfOrder, onStale func(*subscribers.Msg)) *scheduler {
+// seqSet is a set of stream sequences that forgets: an entry lives at least
+// keep and at most about twice that. A stale copy arrives shortly after its
+// original was settled, so keep (a few AckWaits) bounds the memory to the
+// messages of that time, one bit each.
+type seqSet struct {
+	keep      time.Duration
+	cur, prev map[uint64]uint64 // seq/64 -> bits
+	rotated   time.Time
+}
+
+func (s *seqSet) add(seq uint64, now time.Time) {
+	if s.cur == nil || now.Sub(s.rotated) >= s.keep {
+		s.prev, s.cur, s.rotated = s.cur, make(map[uint64]uint64), now
+	}
+	s.cur[seq>>6] |= 1 << (seq & 63)
+}
+
+func (s *seqSet) has(seq uint64) bool {
+	w, b := seq>>6, uint64(1)<<(seq&63)
+	return s.cur[w]&b != 0 || s.prev[w]&b != 0
+}
+
+// newScheduler returns a scheduler sending units of at most batch messages
+// that remembers what it settled for at least keep.
+func newScheduler(batch int, keep time.Duration, onOutOfOrder, onStale func(*subscribers.Msg)) *scheduler {
 	return &scheduler{
 		batch:        max(batch, 1),
 		onOutOfOrder: onOutOfOrder,
@@ -94,8 +125,8 @@ func newScheduler(batch int, onOutOfOrder, onStale func(*subscribers.Msg)) *sche
 		bySeq:        make(map[uint64]*held),
 		timers:       make(map[*unit]*time.Timer),
 		wake:         make(chan struct{}, 1),
+		settled:      seqSet{keep: keep},
 		doneHigh:     make(map[string]uint64),
-		doneOld:      make(map[uint64]struct{}),
 	}
 }
 
@@ -155,7 +186,7 @@ func (s *scheduler) add(m *subscribers.Msg, settle subscribers.Settle) {
 		return
 	}
 	tok := m.Token()
-	if s.staleLocked(seq, tok) {
+	if s.settled.has(seq) {
 		s.mu.Unlock()
 		// Settled before: ack the copy (after an ack that is a no-op, after
 		// a DLQ copy and term it only stops the redelivery).
@@ -178,7 +209,8 @@ func (s *scheduler) add(m *subscribers.Msg, settle subscribers.Settle) {
 	for pos > d.inflight && d.queue[pos-1].seq() > seq {
 		pos--
 	}
-	outOfOrder := pos == d.inflight && d.inflight > 0 && d.queue[pos-1].seq() > seq
+	outOfOrder := pos == d.inflight && d.inflight > 0 && d.queue[pos-1].seq() > seq ||
+		seq < s.doneHigh[tok]
 	d.queue = slices.Insert(d.queue, pos, h)
 
 	if s.gate.active && seq <= s.gate.last {
@@ -192,14 +224,6 @@ func (s *scheduler) add(m *subscribers.Msg, settle subscribers.Settle) {
 	if outOfOrder && s.onOutOfOrder != nil {
 		s.onOutOfOrder(m)
 	}
-}
-
-func (s *scheduler) staleLocked(seq uint64, tok string) bool {
-	if seq <= s.gate.last {
-		_, done := s.doneOld[seq]
-		return done
-	}
-	return seq <= s.doneHigh[tok]
 }
 
 func (s *scheduler) maybeReadyLocked(d *device) {
@@ -272,17 +296,20 @@ func (s *scheduler) formLocked() *unit {
 }
 
 // done removes a settled unit's messages and makes their devices ready for
-// their next message.
+// their next message. The finished ones are remembered, so that a stale
+// copy of one is acked, not sent again.
 func (s *scheduler) done(u *unit) {
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range u.msgs {
 		seq := h.seq()
 		delete(s.bySeq, seq)
 		d := h.dev
-		if seq <= s.gate.last {
-			s.doneOld[seq] = struct{}{}
-		} else if seq > s.doneHigh[d.token] {
+		if h.finished {
+			s.settled.add(seq, now)
+		}
+		if seq > s.doneHigh[d.token] {
 			s.doneHigh[d.token] = seq
 		}
 		if d.inflight == 0 {

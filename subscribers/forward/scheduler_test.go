@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -16,13 +17,14 @@ type settleLog struct {
 }
 
 func (l *settleLog) fn(seq uint64) subscribers.Settle {
-	return func(err error) {
+	return func(err error) bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		if l.got == nil {
 			l.got = map[uint64][]error{}
 		}
 		l.got[seq] = append(l.got[seq], err)
+		return err == nil
 	}
 }
 
@@ -47,7 +49,7 @@ func nextSeqs(t *testing.T, s *scheduler) []uint64 {
 
 func TestSchedulerOrdersEachDevice(t *testing.T) {
 	var l settleLog
-	s := newScheduler(1, nil, nil)
+	s := newScheduler(1, time.Minute, nil, nil)
 	// A redelivered older message arrives after a newer one: it goes first.
 	s.add(msg("a", 5), l.fn(5))
 	s.add(msg("a", 3), l.fn(3))
@@ -70,16 +72,17 @@ func TestSchedulerOrdersEachDevice(t *testing.T) {
 func TestSchedulerAcksStaleRedelivery(t *testing.T) {
 	var l settleLog
 	stale := 0
-	s := newScheduler(1, nil, func(*subscribers.Msg) { stale++ })
+	s := newScheduler(1, time.Minute, nil, func(*subscribers.Msg) { stale++ })
 	s.add(msg("a", 1), l.fn(1))
 	s.add(msg("a", 2), l.fn(2))
 	u := s.next(context.Background())
+	u.msgs[0].finished = u.msgs[0].settles[0](nil)
 	s.done(u) // 1 settled by its runner
 	// The server sends 1 again (its ack came late): acked, not queued.
 	again := msg("a", 1)
 	again.NumDelivered = 2
 	s.add(again, l.fn(1))
-	if stale != 1 || len(l.got[1]) != 1 || l.got[1][0] != nil {
+	if stale != 1 || len(l.got[1]) != 2 || l.got[1][1] != nil { // the original's ack, then the copy's
 		t.Fatalf("stale copy: counted %d, settled %v; want acked once", stale, l.got[1])
 	}
 	if got := nextSeqs(t, s); len(got) != 1 || got[0] != 2 {
@@ -94,7 +97,7 @@ func TestSchedulerAcksStaleRedelivery(t *testing.T) {
 
 func TestSchedulerStartGate(t *testing.T) {
 	var l settleLog
-	s := newScheduler(10, nil, nil)
+	s := newScheduler(10, time.Minute, nil, nil)
 	s.holdBack(10, 2, time.Minute) // an earlier run left 2 of seq <= 10
 	s.add(msg("a", 12), l.fn(12))
 	s.add(msg("a", 7), l.fn(7))
@@ -107,7 +110,7 @@ func TestSchedulerStartGate(t *testing.T) {
 	}
 
 	// The gate opens by itself after its longest wait.
-	s = newScheduler(1, nil, nil)
+	s = newScheduler(1, time.Minute, nil, nil)
 	s.holdBack(10, 5, 30*time.Millisecond)
 	s.add(msg("b", 11), l.fn(11))
 	time.Sleep(60 * time.Millisecond)
@@ -118,7 +121,7 @@ func TestSchedulerStartGate(t *testing.T) {
 
 func TestSchedulerCloseHandsBackInStreamOrder(t *testing.T) {
 	var l settleLog
-	s := newScheduler(1, nil, nil)
+	s := newScheduler(1, time.Minute, nil, nil)
 	for _, seq := range []uint64{9, 2, 5, 7} {
 		s.add(msg("d"+string(rune('a'+seq)), seq), l.fn(seq))
 	}
@@ -170,5 +173,63 @@ func TestBackoffGrowsWithJitterWithinBounds(t *testing.T) {
 				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", n, d, base/2, base)
 			}
 		}
+	}
+}
+
+// A delivery lost on the way (a connection that broke with it in a pull
+// response) comes back after AckWait, after its device's next message was
+// sent: it is sent late, never acked unsent. The same for a message whose
+// dead-letter copy failed: the runtime nak'ed it and it comes back as work.
+func TestSchedulerSendsARedeliveryItNeverFinished(t *testing.T) {
+	var l settleLog
+	late, stale := 0, 0
+	s := newScheduler(1, time.Minute, func(*subscribers.Msg) { late++ }, func(*subscribers.Msg) { stale++ })
+	// 1 was lost on the way; 2 arrives and is sent.
+	s.add(msg("a", 2), l.fn(2))
+	u := s.next(context.Background())
+	u.msgs[0].finished = u.msgs[0].settles[0](nil)
+	s.done(u)
+	lost := msg("a", 1)
+	lost.NumDelivered = 2
+	s.add(lost, l.fn(1))
+	if stale != 0 || len(l.got[1]) != 0 {
+		t.Fatalf("the lost delivery was taken for a stale copy: stale %d, settled %v", stale, l.got[1])
+	}
+	if late != 1 {
+		t.Fatalf("counted %d out of order, want 1", late)
+	}
+	u = s.next(context.Background())
+	if u == nil || u.msgs[0].seq() != 1 {
+		t.Fatalf("next unit %v, want seq 1", u)
+	}
+	// Its dead-letter copy fails: the runtime nak'ed it (not finished).
+	u.msgs[0].finished = u.msgs[0].settles[0](errors.New("DLQ down"))
+	s.done(u)
+	again := msg("a", 1)
+	again.NumDelivered = 3
+	s.add(again, l.fn(1))
+	if stale != 0 {
+		t.Fatalf("a message nak'ed after a failed dead-letter copy was taken for a stale copy")
+	}
+	if got := nextSeqs(t, s); len(got) != 1 || got[0] != 1 {
+		t.Fatalf("next %v, want [1] again", got)
+	}
+}
+
+func TestSeqSetForgetsAfterTwoKeeps(t *testing.T) {
+	s := seqSet{keep: time.Minute}
+	t0 := time.Now()
+	s.add(5, t0)
+	s.add(70, t0.Add(30*time.Second))
+	if !s.has(5) || !s.has(70) || s.has(6) || s.has(69) {
+		t.Fatal("membership wrong")
+	}
+	s.add(200, t0.Add(61*time.Second)) // rotates: 5 and 70 kept one more period
+	if !s.has(5) || !s.has(70) || !s.has(200) {
+		t.Fatal("forgot within keep")
+	}
+	s.add(300, t0.Add(125*time.Second)) // rotates again
+	if s.has(5) || s.has(70) || !s.has(200) || !s.has(300) {
+		t.Fatal("kept past two keeps, or forgot a recent one")
 	}
 }
