@@ -233,12 +233,41 @@ func TestMaskDSN(t *testing.T) {
 		{"postgres://db/coords?password=s3cret&user=app", "postgres://db/coords?password=***&user=app"},
 		{"host=db user=app password=s3cret dbname=coords", "host=db user=app password=*** dbname=coords"},
 		{"host=db password='s3 cret' dbname=coords", "host=db password=*** dbname=coords"},
+		// libpq allows spaces around "=" and \' inside quotes.
+		{"host=db user=app password = s3cret dbname=coords", "host=db user=app password=*** dbname=coords"},
+		{"host=db PASSWORD= 's3 \\'cret' dbname=coords", "host=db PASSWORD=*** dbname=coords"},
+		{"host=db sslpassword =k3y password=s3cret", "host=db sslpassword=*** password=***"},
 		{"file:./data/coords.db", "file:./data/coords.db"},
 	}
 	for _, tt := range tests {
 		if got := MaskDSN(tt.in); got != tt.want {
 			t.Errorf("MaskDSN(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// Credentials may sit in nats.url (nats://user:pass@host, nats://TOKEN@host):
+// --print-config, the start-up log's config and a validation error hide them.
+func TestNATSURLCredentialsMasked(t *testing.T) {
+	t.Setenv("UBIQO_NATS_URL", "nats://svc:url-pass-secret@n1:4222, nats://tok-secret-xyz@n2:4222,nats://n3:4222")
+	t.Setenv("UBIQO_FORWARD_TARGETS_JSON", `[{"name":"backup","url":"https://backup.example/in"}]`)
+	for _, b := range []Binary{Bridge, Persister, Alerter, Forwarder} {
+		_, out, err := load(t, b, "--print-config")
+		if !errors.Is(err, ErrShown) {
+			t.Fatalf("%v: want ErrShown, got %v", b, err)
+		}
+		for _, secret := range []string{"url-pass-secret", "tok-secret-xyz"} {
+			if strings.Contains(out, secret) {
+				t.Errorf("%v --print-config shows %q:\n%s", b, secret, out)
+			}
+		}
+		if !strings.Contains(out, "svc:***@n1:4222") || !strings.Contains(out, "nats://n3:4222") {
+			t.Errorf("%v --print-config hides too much of nats.url:\n%s", b, out)
+		}
+	}
+	_, _, err := load(t, Bridge, "--nats.url", "http://u:bad-url-secret@h:1")
+	if err == nil || strings.Contains(err.Error(), "bad-url-secret") || !strings.Contains(err.Error(), "nats.url") {
+		t.Errorf("invalid nats.url: error %v; want it named, without its password", err)
 	}
 }
 

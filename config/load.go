@@ -269,6 +269,12 @@ func maskSettings(s map[string]any) map[string]any {
 				out[k] = maskValue(name, val)
 				continue
 			}
+			if name == "nats.url" {
+				if u, ok := val.(string); ok {
+					out[k] = MaskURLs(u) // credentials may sit in the URL
+					continue
+				}
+			}
 			if d, ok := val.(time.Duration); ok {
 				val = d.String() // as written in the file, not nanoseconds
 			}

@@ -97,7 +97,7 @@ func (c *Config) Validate(b Binary) error {
 	if c.NATS.URL != "" {
 		for _, u := range strings.Split(c.NATS.URL, ",") {
 			if err := checkNATSURL(strings.TrimSpace(u)); err != nil {
-				v.bad("nats.url", u, err.Error())
+				v.bad("nats.url", MaskURLs(u), err.Error())
 			}
 		}
 	}
@@ -246,8 +246,33 @@ func validSubjectPrefix(s string) bool {
 }
 
 var (
-	userinfoRE = regexp.MustCompile(`(?i)(password|sslpassword)=('[^']*'|\S+)`)
+	// libpq key=value: spaces may surround "=", a quoted value may hold
+	// spaces and \' escapes.
+	userinfoRE = regexp.MustCompile(`(?i)\b(password|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)`)
 )
+
+// MaskURLs hides the secrets a NATS server list (comma-separated URLs) may
+// hold in its userinfo: the password of nats://user:pass@host, and the
+// whole user part of nats://TOKEN@host.
+func MaskURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			if err != nil && strings.Contains(p, "@") {
+				parts[i] = masked // unparsable: cannot tell what is secret
+			}
+			continue
+		}
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), masked)
+		} else {
+			u.User = url.User(masked) // nats://TOKEN@host: the user part is the secret
+		}
+		parts[i] = strings.Replace(u.String(), url.PathEscape(masked), masked, 1)
+	}
+	return strings.Join(parts, ",")
+}
 
 // MaskDSN hides the password of a database DSN (URL userinfo, a password
 // query parameter, or a libpq key=value password) and keeps the rest.

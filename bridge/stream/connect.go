@@ -2,12 +2,12 @@ package stream
 
 import (
 	"fmt"
-	"net/url"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+
+	"github.com/ubiqo-bridge/ubiqo-bridge/config"
 )
 
 // ConnConfig configures a client connection to NATS.
@@ -91,26 +91,7 @@ func Connect(cfg ConnConfig, log zerolog.Logger) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(servers, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to nats %s: %w", redactURLs(servers), err)
+		return nil, fmt.Errorf("connect to nats %s: %w", config.MaskURLs(servers), err)
 	}
 	return nc, nil
-}
-
-// redactURLs hides passwords and tokens that may sit in the userinfo of
-// server URLs.
-func redactURLs(list string) string {
-	parts := strings.Split(list, ",")
-	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		if err != nil || u.User == nil {
-			continue
-		}
-		parts[i] = u.Redacted()
-		if _, has := u.User.Password(); !has {
-			// nats://TOKEN@host: the user part is the secret.
-			u.User = url.User("xxxxx")
-			parts[i] = u.String()
-		}
-	}
-	return strings.Join(parts, ",")
 }
