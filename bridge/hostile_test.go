@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -228,5 +229,35 @@ func TestGzipBody(t *testing.T) {
 	a := e.do(t, "POST", "/webhook/ubiqo", "application/json", strings.NewReader(gzipped(`[{"device_id":"z1","lat":1,"lon":2},{"device_id":"z2","lat":3,"lon":4}]`)), map[string]string{"Content-Encoding": "gzip"})
 	if a.Status != 200 || a.Body["accepted"] != float64(2) {
 		t.Fatalf("%d %s", a.Status, a.Raw)
+	}
+}
+
+// Made-up HTTP methods, sent without credentials, must not each become a
+// series of their own in /metrics (unbounded memory and scrape size).
+func TestMadeUpMethodsShareOneMetricSeries(t *testing.T) {
+	e := newEnv(t, nil)
+	for i := 0; i < 50; i++ {
+		req, _ := http.NewRequest(fmt.Sprintf("X%03d", i), e.http.URL+"/webhook/ubiqo", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	resp, err := http.Get(e.http.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var series []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "ubiqo_bridge_http_requests_total{") {
+			series = append(series, l)
+		}
+	}
+	if len(series) != 1 || !strings.Contains(series[0], `method="other"`) {
+		t.Fatalf("50 made-up methods gave these series:\n%s", strings.Join(series, "\n"))
 	}
 }

@@ -111,7 +111,7 @@ func TestPrecedenceFileEnvFlag(t *testing.T) {
 	}
 	t.Setenv("UBIQO_HTTP_MAX_BATCH", "20")
 	t.Setenv("UBIQO_STREAM_MAX_AGE", "48h")
-	t.Setenv("UBIQO_AUTH_TOKENS", "x,y,z")
+	t.Setenv("UBIQO_AUTH_TOKENS", "x, y ,z")
 	l, _, err := load(t, Bridge, "--config", file, "--stream.replicas=5", "--http.max_batch", "30")
 	if err != nil {
 		t.Fatal(err)

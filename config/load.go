@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -98,6 +99,7 @@ func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
 	if err := v.UnmarshalExact(&c); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	trimLists(reflect.ValueOf(&c).Elem())
 	if err := c.Validate(b); err != nil {
 		return nil, err
 	}
@@ -331,5 +333,23 @@ func maskValue(name string, val any) any {
 			return nil
 		}
 		return masked
+	}
+}
+
+// trimLists trims the entries of every string list in v (a struct), so
+// UBIQO_AUTH_TOKENS="a, b" means "a" and "b", not "a" and " b": a token with
+// a leading space could never match, as header values arrive trimmed.
+func trimLists(v reflect.Value) {
+	for i := 0; i < v.NumField(); i++ {
+		f := v.Field(i)
+		switch {
+		case f.Kind() == reflect.Struct:
+			trimLists(f)
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
+			for j := 0; j < f.Len(); j++ {
+				e := f.Index(j)
+				e.SetString(strings.TrimSpace(e.String()))
+			}
+		}
 	}
 }
