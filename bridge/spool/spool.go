@@ -382,10 +382,11 @@ func writeAll(w *os.File, group []*pendingAppend, off int64) error {
 	return err
 }
 
+// rotate starts the next segment. The current one stays open for writing
+// until the next is created and its directory entry synced, so a rotation
+// that fails (disk full, a directory in the way) leaves the spool as it was
+// and the next append tries again.
 func (s *Spool) rotate() error {
-	if err := s.w.Close(); err != nil {
-		return fmt.Errorf("spool: close segment: %w", err)
-	}
 	next := s.wSeg + 1
 	w, err := os.OpenFile(s.segPath(next), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
@@ -393,8 +394,12 @@ func (s *Spool) rotate() error {
 	}
 	if err := syncDir(s.dir); err != nil {
 		w.Close()
+		_ = os.Remove(s.segPath(next))
 		return err
 	}
+	// Every record of the old segment was fsynced when written: a failed
+	// close loses nothing.
+	_ = s.w.Close()
 	s.w, s.wSeg, s.wOff = w, next, 0
 	s.segs = append(s.segs, next)
 	return nil
