@@ -259,7 +259,21 @@ func (s *Server) replaySpool(ctx context.Context) {
 		wait := idle
 		if ok, _ := s.Ready(); (ok || s.draining.Load() && s.nc.IsConnected() && s.streamOK.Load()) && !s.spool.Empty() {
 			recs, pos, err := s.spool.Peek(batch)
+			if err == nil && len(recs) == 0 {
+				// Counted but unreadable (a record skipped as damaged): back
+				// off rather than spin.
+				n, _ := s.spool.Stats()
+				err = fmt.Errorf("the spool counts %d records but none could be read", n)
+			}
 			if err == nil && len(recs) > 0 {
+				// The subject as the stream takes it now: stream.subject_prefix
+				// may have changed since the record was spooled, and no stream
+				// would take the old subject.
+				for i := range recs {
+					if recs[i].Device != "" {
+						recs[i].Subject = s.pub.subject(recs[i].Device)
+					}
+				}
 				pctx, cancel := context.WithTimeout(ctx, s.opts.PublishTimeout+time.Second)
 				res, perr := s.pub.Publish(pctx, recs)
 				cancel()

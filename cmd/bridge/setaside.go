@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/cmd/internal/cli"
@@ -91,7 +92,14 @@ func runSetAside(ctx context.Context, args []string, stdout io.Writer) error {
 	var left []spool.AsideRecord
 	stored, dup := 0, 0
 	for _, r := range recs {
-		m := nats.NewMsg(r.Subject)
+		subject := r.Subject
+		if r.Device != "" {
+			// stream.subject_prefix may have changed since it was set aside.
+			if subj, err := coord.Subject(cfg.Stream.SubjectPrefix, r.Device); err == nil {
+				subject = subj
+			}
+		}
+		m := nats.NewMsg(subject)
 		m.Data = r.Data
 		m.Header.Set(jetstream.MsgIDHeader, r.MsgID)
 		m.Header.Set("Ubiqo-Device", r.Device)
