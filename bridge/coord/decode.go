@@ -198,9 +198,9 @@ func firstByte(body []byte) (byte, bool) {
 // DecodeJSON decodes a JSON body: one object (one item), an array of objects,
 // or a wrapper object whose key "coordinates", "data", "items" or "points"
 // (in that priority, matched like field names) holds an array of objects and
-// that has no lat, lon or location field of its own — so a GeoJSON
-// "coordinates": [lon, lat] or an item carrying a "data" list stays one
-// item. The other keys of a wrapper are ignored. A UTF-8 byte order mark is
+// that has no lat, lon or location field, nor a coords or position object,
+// of its own — so a GeoJSON "coordinates": [lon, lat] or an item carrying a
+// "data" or "items" list stays one item. The other keys of a wrapper are ignored. A UTF-8 byte order mark is
 // skipped.
 //
 // Errors: ErrEmpty for an empty body or an empty (wrapper) array,
@@ -332,7 +332,7 @@ func (st *itemState) wrapper(ms []member) (elements, bool) {
 	for i := range ms {
 		r, ok := st.roles.role(d, i, ms[i].key)
 		if ok && (r.kind == roleField && (r.field == fLat || r.field == fLon) ||
-			r.kind == roleContainer && r.slot == slotLocation) {
+			r.kind == roleContainer && (r.slot == slotLocation || ms[i].kind == kindObject)) {
 			return elements{}, false
 		}
 	}
