@@ -189,6 +189,11 @@ func (a *Alerter) setup(ctx context.Context) (jetstream.KeyValue, error) {
 		return nil, fmt.Errorf("stream %s: %w", stream.AlertsStream, err)
 	}
 	a.proc.alerts = alerts
+	kvStream, err := a.js.Stream(ctx, "KV_"+stream.DevicesBucket)
+	if err != nil {
+		return nil, fmt.Errorf("stream KV_%s: %w", stream.DevicesBucket, err)
+	}
+	a.proc.kvStream = kvStream
 	return kv, nil
 }
 

@@ -157,19 +157,22 @@ type guard interface {
 // Pending is cleared by the device's next write, not by an extra one. Only
 // after run returns does the consume loop ack the fixes.
 type processor struct {
-	engine  *Engine
-	kv      stateStore      // nil: states live in memory only (replay)
-	pub     publisher       // nil: alerts are computed, not published
-	alerts  lastAlertGetter // ALERTS, for verifying Pending read from KV
-	prefix  string          // ALERTS subject prefix
-	bucket  string          // the DEVICES bucket's subject prefix, $KV.DEVICES.
-	timeout time.Duration
-	workers int // concurrent KV reads
-	cache   *cache
-	guard   guard
-	replay  string // replay durable, written as HeaderReplay; empty live
-	log     zerolog.Logger
-	m       *metrics
+	engine *Engine
+	kv     stateStore      // nil: states live in memory only (replay)
+	pub    publisher       // nil: alerts are computed, not published
+	alerts lastAlertGetter // ALERTS, for verifying Pending read from KV
+	// kvStream is the DEVICES bucket's stream, to read the sequence of a
+	// deleted key's delete marker (see load).
+	kvStream lastAlertGetter
+	prefix   string // ALERTS subject prefix
+	bucket   string // the DEVICES bucket's subject prefix, $KV.DEVICES.
+	timeout  time.Duration
+	workers  int // concurrent KV reads
+	cache    *cache
+	guard    guard
+	replay   string // replay durable, written as HeaderReplay; empty live
+	log      zerolog.Logger
+	m        *metrics
 	// warmed: every state stored when the alerter started is in the
 	// cache, so a device not in it is new (written with create semantics;
 	// if another instance created it meanwhile the write conflicts and
@@ -263,7 +266,14 @@ func (p *processor) load(ctx context.Context, token, deviceID string, e *entry) 
 	kve, err := p.kv.Get(ctx, token)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		e.st, e.rev = NewState(deviceID), 0
+		// A key deleted or purged (nats kv del DEVICES <token>) ends in a
+		// delete marker: the write must expect its sequence, as 0 would
+		// never match and the device's fixes would conflict for ever.
+		rev, err := p.deletedRev(ctx, token)
+		if err != nil {
+			return fmt.Errorf("read state of %s: %w", token, err)
+		}
+		e.st, e.rev = NewState(deviceID), rev
 	case err != nil:
 		return fmt.Errorf("read state of %s: %w", token, err)
 	default:
@@ -272,6 +282,22 @@ func (p *processor) load(ctx context.Context, token, deviceID string, e *entry) 
 	p.m.loads.Inc()
 	e.loaded, e.verify = true, len(e.st.Pending) > 0
 	return nil
+}
+
+// deletedRev is the sequence of the last message on token's key, a delete
+// or purge marker when Get found no value; 0 when the key never existed.
+func (p *processor) deletedRev(ctx context.Context, token string) (uint64, error) {
+	if p.kvStream == nil {
+		return 0, nil
+	}
+	m, err := p.kvStream.GetLastMsgForSubject(ctx, p.bucket+token)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	return m.Sequence, nil
 }
 
 // decode reads a stored state; an unreadable one is replaced by an empty
@@ -321,8 +347,12 @@ func (p *processor) flushPending(ctx context.Context, jobs []*job) {
 }
 
 // inAlerts reports whether a (read from a stored Pending) is in ALERTS
-// already: the newest message on its subject is a itself or a later alert
-// (which was raised after a was flushed).
+// already: the newest message on its subject is a itself or a strictly
+// later alert (raised after a was flushed). One at the same time with
+// another id does not tell: a fix can raise two alerts of a kind (nested
+// zones, two overspeed rules) on one subject, and a crash may have stored
+// only the first; a is then published again, and the stream's Nats-Msg-Id
+// dedupe drops it if it was stored.
 func (p *processor) inAlerts(ctx context.Context, a *Alert) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
@@ -337,7 +367,7 @@ func (p *processor) inAlerts(ctx context.Context, a *Alert) (bool, error) {
 		return true, nil
 	}
 	var last Alert
-	if json.Unmarshal(raw.Data, &last) == nil && !last.TS.Before(a.TS) {
+	if json.Unmarshal(raw.Data, &last) == nil && last.TS.After(a.TS) {
 		return true, nil
 	}
 	return false, nil
