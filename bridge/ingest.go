@@ -100,6 +100,27 @@ func (s *Server) handleIngest(c echo.Context) error {
 			return c.JSON(http.StatusRequestEntityTooLarge, errorResponse{Error: "no coordinate small enough to store", Rejected: rejected})
 		}
 	}
+	// Per device, a request that will spool waits for the device's earlier
+	// requests (still awaiting their acks, they may end in the spool too),
+	// and later ones wait for it: see deviceOrder.
+	var devBuf [1]string
+	devs := devicesOf(devBuf[:0], recs)
+	spooling := false
+	for {
+		spooling = s.mustSpool(devs)
+		wctx, cancel := context.WithTimeout(r.Context(), 2*s.opts.PublishTimeout+2*time.Second)
+		err := s.order.enter(wctx, devs, spooling)
+		cancel()
+		if err != nil {
+			return s.unavailable(c, "coordinates of the same device are still being stored; retry later")
+		}
+		if spooling || !s.mustSpool(devs) {
+			break
+		}
+		s.order.leave(devs, false) // NATS went away meanwhile: queue as a spooler
+	}
+	defer s.order.leave(devs, spooling)
+
 	if !s.nc.IsConnected() {
 		// Don't wait out a publish timeout when NATS is known to be away.
 		return s.answerSpooled(c, recs, PublishResult{}, rejected)
@@ -164,6 +185,23 @@ func (s *Server) handleIngest(c echo.Context) error {
 	}
 	setCounts(c, res.Stored, res.Duplicates, 0, len(rejected))
 	return writeIngest(c, http.StatusOK, ingestResponse{Accepted: res.Stored, Duplicates: res.Duplicates, Rejected: rejected})
+}
+
+// mustSpool reports whether a request for devs would go to the spool now:
+// NATS is away, or one of the devices has coordinates waiting there.
+func (s *Server) mustSpool(devs []string) bool {
+	if !s.nc.IsConnected() {
+		return true
+	}
+	if s.spool == nil || s.spool.Empty() {
+		return false
+	}
+	for _, d := range devs {
+		if s.spool.Holds(d) {
+			return true
+		}
+	}
+	return false
 }
 
 // itemIndexes returns the request item index of each of the n valid

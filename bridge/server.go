@@ -97,6 +97,7 @@ type Server struct {
 	allow   *ipAllowList
 	limiter *clientRateLimiter
 	spool   *spool.Spool
+	order   *deviceOrder
 	slots   chan struct{} // ingest requests in flight
 	echo    *echo.Echo
 	admin   *echo.Echo // nil without AdminAddr
@@ -134,6 +135,7 @@ func New(opts Options, deps Deps) (*Server, error) {
 		allow:   allow,
 		limiter: newClientRateLimiter(opts.RateLimit, opts.RateBurst),
 		spool:   deps.Spool,
+		order:   newDeviceOrder(),
 		slots:   make(chan struct{}, opts.MaxInFlight),
 		log:     deps.Log,
 		nc:      deps.Conn,

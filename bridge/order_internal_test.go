@@ -1,0 +1,153 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
+)
+
+func entered(t *testing.T, o *deviceOrder, devs []string, spool bool) chan error {
+	t.Helper()
+	ch := make(chan error, 1)
+	go func() { ch <- o.enter(context.Background(), devs, spool) }()
+	return ch
+}
+
+func waits(t *testing.T, ch chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		t.Fatalf("%s did not wait (err %v)", what, err)
+	case <-time.After(30 * time.Millisecond):
+	}
+}
+
+func goes(t *testing.T, ch chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s still waits", what)
+	}
+}
+
+func TestDeviceOrderSpoolerWaitsForEarlierRequests(t *testing.T) {
+	o := newDeviceOrder()
+	a := []string{"a"}
+	// Two requests publishing straight: no wait.
+	goes(t, entered(t, o, a, false), "first direct")
+	goes(t, entered(t, o, a, false), "second direct")
+	// A spooler waits for both; a later direct request waits behind it.
+	sp := entered(t, o, a, true)
+	waits(t, sp, "spooler behind two directs")
+	late := entered(t, o, a, false)
+	waits(t, late, "direct behind a queued spooler")
+	// Another device is not held up.
+	goes(t, entered(t, o, []string{"b"}, true), "other device")
+	o.leave(a, false)
+	waits(t, sp, "spooler behind one direct")
+	o.leave(a, false)
+	goes(t, sp, "spooler once the earlier requests left")
+	waits(t, late, "direct behind the spooler holding its turn")
+	o.leave(a, true)
+	goes(t, late, "direct after the spooler")
+	o.leave(a, false)
+	o.leave([]string{"b"}, true)
+	for i := range o.shards {
+		if n := len(o.shards[i].devs); n != 0 {
+			t.Fatalf("shard %d keeps %d devices after every request left", i, n)
+		}
+	}
+}
+
+func TestDeviceOrderWaitEndsWithContext(t *testing.T) {
+	o := newDeviceOrder()
+	a := []string{"a"}
+	goes(t, entered(t, o, a, false), "direct")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := o.enter(ctx, a, true); err == nil {
+		t.Fatal("enter returned without the turn and without an error")
+	}
+	o.leave(a, false)
+	// The abandoned waiter left no trace: the next spooler goes at once.
+	goes(t, entered(t, o, a, true), "spooler after an abandoned wait")
+}
+
+// Many requests over overlapping device sets, spooling or not, never
+// deadlock, and a spooler never holds a device together with another
+// request of that device.
+func TestDeviceOrderUnderLoad(t *testing.T) {
+	o := newDeviceOrder()
+	var mu sync.Mutex
+	holders := map[string][2]int{} // device -> [direct, spooling]
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 300; i++ {
+				var recsDevs []string
+				for range 1 + rand.IntN(4) {
+					recsDevs = append(recsDevs, fmt.Sprint("d", rand.IntN(6)))
+				}
+				devs := devicesOfStrings(recsDevs)
+				spool := rand.IntN(3) == 0
+				if err := o.enter(context.Background(), devs, spool); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				for _, d := range devs {
+					h := holders[d]
+					if spool && (h[0] > 0 || h[1] > 0) || !spool && h[1] > 0 {
+						t.Errorf("device %s: %v held while a request (spool %v) entered", d, h, spool)
+					}
+					if spool {
+						h[1]++
+					} else {
+						h[0]++
+					}
+					holders[d] = h
+				}
+				mu.Unlock()
+				time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+				mu.Lock()
+				for _, d := range devs {
+					h := holders[d]
+					if spool {
+						h[1]--
+					} else {
+						h[0]--
+					}
+					holders[d] = h
+				}
+				mu.Unlock()
+				o.leave(devs, spool)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("deadlock: requests still waiting after 60s")
+	}
+}
+
+func devicesOfStrings(ids []string) []string {
+	recs := make([]spool.Record, len(ids))
+	for i, id := range ids {
+		recs[i].Device = id
+	}
+	return devicesOf(nil, recs)
+}
