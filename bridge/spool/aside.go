@@ -14,6 +14,9 @@ import (
 // per line, so they leave the replay without being lost.
 const AsideFile = "set-aside.jsonl"
 
+// asideLockFile is the lock file of LockAside.
+const asideLockFile = "set-aside.lock"
+
 // AsideRecord is one line of AsideFile. Data is the message body (canonical
 // JSON) as it would have been published.
 type AsideRecord struct {
@@ -42,23 +45,30 @@ func (s *Spool) SetAside(recs []Record, reason string) error {
 // one write to a file opened for appending, so a bridge setting records
 // aside meanwhile does not interleave with it.
 func AppendAside(dir string, lines []AsideRecord) error {
-	path := filepath.Join(dir, AsideFile)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return fmt.Errorf("spool: set aside: %w", err)
-	}
+	var buf []byte
 	for _, l := range lines {
 		if !json.Valid(l.Data) {
 			l.Data, _ = json.Marshal(string(l.Data))
 		}
 		b, err := json.Marshal(l)
-		if err == nil {
-			_, err = f.Write(append(b, '\n'))
-		}
 		if err != nil {
-			f.Close()
 			return fmt.Errorf("spool: set aside: %w", err)
 		}
+		buf = append(append(buf, b...), '\n')
+	}
+	unlock, err := LockAside(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	path := filepath.Join(dir, AsideFile)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("spool: set aside: %w", err)
+	}
+	if _, err := f.Write(buf); err != nil {
+		f.Close()
+		return fmt.Errorf("spool: set aside: %w", err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()

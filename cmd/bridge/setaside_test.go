@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,5 +74,57 @@ func TestSetAsideListAndPublish(t *testing.T) {
 	}
 	if matches, _ := filepath.Glob(filepath.Join(dir, spool.AsideFile+".publishing-*")); len(matches) != 0 {
 		t.Errorf("work file left behind: %v", matches)
+	}
+}
+
+// A bridge appending to the set-aside file while `set-aside --publish` runs
+// beside it: the CLI moves the file away only between two appends (they
+// share LockAside), so a line is either in what the CLI read and published,
+// or in the new file; never written into the moved file after it was read.
+func TestSetAsidePublishWaitsForAnAppendInProgress(t *testing.T) {
+	srv := streamtest.Run(t)
+	_, js := streamtest.Connect(t, srv)
+	ctx := context.Background()
+	st, err := stream.Ensure(ctx, js, streamtest.Coords().StreamConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	line := func(dev string) []byte {
+		subj, _ := coord.Subject("ubiqo.coords", dev)
+		b, _ := json.Marshal(spool.AsideRecord{Time: time.Now().UTC(), Reason: "too large", Subject: subj, MsgID: "id-" + dev, Device: dev,
+			Data: json.RawMessage(`{"v":1,"device_id":"` + dev + `","lat":1,"lon":2}`)})
+		return append(b, '\n')
+	}
+	// The bridge is in the middle of an append: lock held, first line written.
+	unlock, err := spool.LockAside(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, spool.AsideFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(line("dev-1"))
+	done := make(chan error, 1)
+	var out bytes.Buffer
+	go func() {
+		done <- run(ctx, []string{"set-aside", "--publish", "--spool.dir", dir, "--nats.url", srv.ClientURL()}, &out, &out)
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("set-aside --publish ran during an append: %v\n%s", err, out.String())
+	case <-time.After(200 * time.Millisecond):
+	}
+	f.Write(line("dev-2")) // the append's next line
+	f.Close()
+	unlock()
+	if err := <-done; err != nil {
+		t.Fatalf("set-aside --publish: %v\n%s", err, out.String())
+	}
+	for _, dev := range []string{"dev-1", "dev-2"} {
+		if _, err := st.GetLastMsgForSubject(ctx, "ubiqo.coords."+dev); err != nil {
+			t.Errorf("%s not stored by set-aside --publish: %v (output %s)", dev, err, out.String())
+		}
 	}
 }
