@@ -67,7 +67,7 @@ func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
 		if !k.usedBy(b) {
 			continue
 		}
-		if addFlag(fs, k, def) {
+		if addFlag(fs, b, k, def) {
 			if err := v.BindPFlag(k.Name, fs.Lookup(k.Name)); err != nil {
 				return nil, fmt.Errorf("config: bind flag %s: %w", k.Name, err)
 			}
@@ -141,8 +141,13 @@ func settingsFor(v *viper.Viper, b Binary) map[string]any {
 
 // addFlag registers a flag for key k with default def; keys whose type has
 // no flag form (maps) are left to the file and report false.
-func addFlag(fs *pflag.FlagSet, k Key, def any) bool {
-	usage := k.Usage + " (env " + k.EnvName() + ")"
+func addFlag(fs *pflag.FlagSet, b Binary, k Key, def any) bool {
+	usage := k.Usage
+	if k.Name == "nats.url" && b != Bridge {
+		// Only the bridge embeds a server; the others connect to it.
+		usage = "NATS server URLs, comma-separated; empty = nats://127.0.0.1:4222 (the bridge's embedded server on its default port)"
+	}
+	usage += " (env " + k.EnvName() + ")"
 	switch d := def.(type) {
 	case string:
 		shown := d
