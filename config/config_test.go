@@ -320,3 +320,34 @@ func TestBridgeExampleFile(t *testing.T) {
 		}
 	}
 }
+
+// A bad value from the environment or the file is named like a bad flag:
+// key, value, source and the form expected.
+func TestBadTextValueNamesKeySourceAndForm(t *testing.T) {
+	t.Setenv("UBIQO_STREAM_MAX_AGE", "30d")
+	t.Setenv("UBIQO_HTTP_PPROF", "yes")
+	_, _, err := load(t, Bridge)
+	if err == nil {
+		t.Fatal("bad values accepted")
+	}
+	for _, want := range []string{
+		`stream.max_age: "30d" from UBIQO_STREAM_MAX_AGE must be a duration`,
+		`http.pprof: "yes" from UBIQO_HTTP_PPROF must be true or false`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+// An environment variable of a key another binary uses is not this one's:
+// the persister does not fail on the bridge's UBIQO_NATS_MAX_PENDING.
+func TestOtherBinarysEnvIgnored(t *testing.T) {
+	t.Setenv("UBIQO_NATS_MAX_PENDING", "zz")
+	if _, _, err := load(t, Persister); err != nil {
+		t.Fatalf("persister: %v", err)
+	}
+	if _, _, err := load(t, Bridge); err == nil || !strings.Contains(err.Error(), "nats.max_pending") {
+		t.Fatalf("bridge accepted nats.max_pending=zz: %v", err)
+	}
+}

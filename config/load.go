@@ -8,6 +8,7 @@ import (
 	"os"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -61,11 +62,13 @@ func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
 			def = o
 		}
 		v.SetDefault(k.Name, def)
+		if !k.usedBy(b) {
+			// Another binary's key: its environment variable (set for
+			// that binary) is none of this one's business.
+			continue
+		}
 		if err := v.BindEnv(k.Name, k.EnvName()); err != nil {
 			return nil, fmt.Errorf("config: bind %s: %w", k.Name, err)
-		}
-		if !k.usedBy(b) {
-			continue
 		}
 		if addFlag(fs, b, k, def) {
 			if err := v.BindPFlag(k.Name, fs.Lookup(k.Name)); err != nil {
@@ -95,6 +98,9 @@ func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
 		}
 	}
 
+	if err := checkTypes(v, b, overrides); err != nil {
+		return nil, err
+	}
 	var c Config
 	if err := v.UnmarshalExact(&c); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -357,4 +363,57 @@ func trimLists(v reflect.Value) {
 			}
 		}
 	}
+}
+
+// checkTypes checks the values given as text (environment, file) of the
+// keys binary b uses against their type, so a bad one is named with its key,
+// its value, where it came from and the form expected, as flags are, rather
+// than in the decoder's terms.
+func checkTypes(v *viper.Viper, b Binary, overrides map[string]any) error {
+	var errs []error
+	for _, k := range Keys {
+		if !k.usedBy(b) {
+			continue
+		}
+		str, ok := v.Get(k.Name).(string)
+		if !ok {
+			continue
+		}
+		def := k.Default
+		if o, ok := overrides[k.Name]; ok {
+			def = o
+		}
+		var want string
+		switch def.(type) {
+		case time.Duration:
+			if _, err := time.ParseDuration(strings.TrimSpace(str)); err != nil {
+				want = `a duration like "30s", "5m" or "48h"`
+			}
+		case bool:
+			if _, err := strconv.ParseBool(strings.TrimSpace(str)); err != nil {
+				want = "true or false"
+			}
+		case int, int64:
+			if _, err := strconv.ParseInt(strings.TrimSpace(str), 10, 64); err != nil {
+				want = "a whole number"
+			}
+		case float64:
+			if _, err := strconv.ParseFloat(strings.TrimSpace(str), 64); err != nil {
+				want = "a number"
+			}
+		}
+		if want == "" {
+			continue
+		}
+		from := "the config file"
+		if _, set := os.LookupEnv(k.EnvName()); set {
+			from = k.EnvName()
+		}
+		shown := fmt.Sprintf("%q", str)
+		if k.Secret {
+			shown = masked
+		}
+		errs = append(errs, fmt.Errorf("config: %s: %s from %s must be %s", k.Name, shown, from, want))
+	}
+	return errors.Join(errs...)
 }
