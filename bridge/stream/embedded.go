@@ -54,6 +54,12 @@ func StartEmbedded(cfg EmbeddedConfig, log zerolog.Logger) (*server.Server, erro
 	if host == "" {
 		host = "0.0.0.0"
 	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		// The embedded server has no authentication: anyone who reaches
+		// it can read, publish and delete every stream.
+		log.Warn().Str("listen", net.JoinHostPort(host, strconv.Itoa(port))).
+			Msg("the embedded NATS server listens beyond this machine without authentication; keep nats.embedded.listen on 127.0.0.1 or firewall the port, or run a NATS server with accounts and set nats.url")
+	}
 	name := cfg.ServerName
 	if name == "" {
 		name = "ubiqo-bridge-embedded"
