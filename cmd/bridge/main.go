@@ -20,7 +20,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
@@ -168,22 +167,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	runErr := srv.Run(ctx)
 
-	// In-flight requests are done (or timed out); let outstanding acks land,
-	// then drain the connection.
-	flushPending(js, cfg.NATS.PublishTimeout, log)
+	// In-flight requests are done (or timed out), each having waited for
+	// its own acks: drain the connection.
 	if err := cli.Drain(nc, 10*time.Second); err != nil {
 		log.Warn().Err(err).Msg("nats drain")
 	}
 	log.Info().Msg("stopped")
 	return runErr
-}
-
-func flushPending(js jetstream.JetStream, timeout time.Duration, log zerolog.Logger) {
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(timeout):
-		log.Warn().Int("pending", js.PublishAsyncPending()).Msg("publish acks still pending at shutdown")
-	}
 }
 
 // runToken prints the subject that carries a device's coordinates.
