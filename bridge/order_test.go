@@ -59,7 +59,7 @@ func TestSpoolKeepsPerDeviceOrderAcrossDisconnect(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	code2, _ := postTo(t, hs.URL, second) // arrives later, spooled at once
-	code1 := <-done                          // spooled at its publish timeout
+	code1 := <-done                       // spooled at its publish timeout
 	t.Logf("first answered %d, second answered %d", code1, code2)
 	if code1 != 202 || code2 != 202 {
 		t.Fatalf("codes %d %d", code1, code2)
