@@ -58,7 +58,7 @@ func TestSpoolKeepsPerDeviceOrderAcrossDisconnect(t *testing.T) {
 	for e.nc.IsConnected() {
 		time.Sleep(5 * time.Millisecond)
 	}
-	code2, _ := postTo(t, hs.URL, second) // arrives later, spooled at once
+	code2, _ := postTo(t, hs.URL, second) // arrives later: waits for the first, then spooled
 	code1 := <-done                       // spooled at its publish timeout
 	t.Logf("first answered %d, second answered %d", code1, code2)
 	if code1 != 202 || code2 != 202 {
