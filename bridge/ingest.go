@@ -190,10 +190,13 @@ func (s *Server) handleIngest(c echo.Context) error {
 // mustSpool reports whether a request for devs would go to the spool now:
 // NATS is away, or one of the devices has coordinates waiting there.
 func (s *Server) mustSpool(devs []string) bool {
+	if s.spool == nil {
+		return false // spool.mode reject: nothing to keep in order, a 503 at once
+	}
 	if !s.nc.IsConnected() {
 		return true
 	}
-	if s.spool == nil || s.spool.Empty() {
+	if s.spool.Empty() {
 		return false
 	}
 	for _, d := range devs {

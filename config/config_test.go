@@ -265,6 +265,11 @@ func TestNATSURLCredentialsMasked(t *testing.T) {
 			t.Errorf("%v --print-config hides too much of nats.url:\n%s", b, out)
 		}
 	}
+	for _, u := range []string{"alice:s3cret-x@nats1:4222", "nats://a:b@n0:4222,alice:s3cret-x@nats1:4222"} {
+		if got := MaskURLs(u); strings.Contains(got, "s3cret-x") {
+			t.Errorf("MaskURLs(%q) = %q: the password is shown", u, got)
+		}
+	}
 	_, _, err := load(t, Bridge, "--nats.url", "http://u:bad-url-secret@h:1")
 	if err == nil || strings.Contains(err.Error(), "bad-url-secret") || !strings.Contains(err.Error(), "nats.url") {
 		t.Errorf("invalid nats.url: error %v; want it named, without its password", err)

@@ -376,8 +376,8 @@ func checkTypes(v *viper.Viper, b Binary, overrides map[string]any) error {
 			continue
 		}
 		str, ok := v.Get(k.Name).(string)
-		if !ok {
-			continue
+		if !ok || str == "" {
+			continue // typed already (a flag), or empty: as the decoder takes it
 		}
 		def := k.Default
 		if o, ok := overrides[k.Name]; ok {
@@ -386,19 +386,19 @@ func checkTypes(v *viper.Viper, b Binary, overrides map[string]any) error {
 		var want string
 		switch def.(type) {
 		case time.Duration:
-			if _, err := time.ParseDuration(strings.TrimSpace(str)); err != nil {
+			if _, err := time.ParseDuration(str); err != nil {
 				want = `a duration like "30s", "5m" or "48h"`
 			}
 		case bool:
-			if _, err := strconv.ParseBool(strings.TrimSpace(str)); err != nil {
+			if _, err := strconv.ParseBool(str); err != nil {
 				want = "true or false"
 			}
 		case int, int64:
-			if _, err := strconv.ParseInt(strings.TrimSpace(str), 10, 64); err != nil {
+			if _, err := strconv.ParseInt(str, 0, 64); err != nil {
 				want = "a whole number"
 			}
 		case float64:
-			if _, err := strconv.ParseFloat(strings.TrimSpace(str), 64); err != nil {
+			if _, err := strconv.ParseFloat(str, 64); err != nil {
 				want = "a number"
 			}
 		}

@@ -257,7 +257,11 @@ var (
 func MaskURLs(list string) string {
 	parts := strings.Split(list, ",")
 	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
+		p = strings.TrimSpace(p)
+		if !strings.Contains(p, "://") {
+			p = "nats://" + p // as nats.go and checkNATSURL read "user:pass@host"
+		}
+		u, err := url.Parse(p)
 		if err != nil || u.User == nil {
 			if err != nil && strings.Contains(p, "@") {
 				parts[i] = masked // unparsable: cannot tell what is secret

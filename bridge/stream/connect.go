@@ -2,12 +2,12 @@ package stream
 
 import (
 	"fmt"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
-
-	"github.com/ubiqo-bridge/ubiqo-bridge/config"
 )
 
 // ConnConfig configures a client connection to NATS.
@@ -91,7 +91,38 @@ func Connect(cfg ConnConfig, log zerolog.Logger) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(servers, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to nats %s: %w", config.MaskURLs(servers), err)
+		return nil, fmt.Errorf("connect to nats %s: %w", redactURLs(servers), err)
 	}
 	return nc, nil
+}
+
+// redactURLs hides the secrets a NATS server list may hold in its userinfo:
+// the password of nats://user:pass@host and the user part of
+// nats://TOKEN@host. (config.MaskURLs does the same for the configuration;
+// this package may not import config.)
+func redactURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if !strings.Contains(p, "://") {
+			p = "nats://" + p
+		}
+		u, err := url.Parse(p)
+		if err != nil {
+			if strings.Contains(p, "@") {
+				parts[i] = "xxxxx"
+			}
+			continue
+		}
+		if u.User == nil {
+			continue
+		}
+		if _, has := u.User.Password(); has {
+			parts[i] = u.Redacted()
+		} else {
+			u.User = url.User("xxxxx")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }

@@ -137,11 +137,11 @@ func TestStartEmbedded(t *testing.T) {
 }
 
 func TestConnectErrorRedactsSecrets(t *testing.T) {
-	_, err := stream.Connect(stream.ConnConfig{URL: "nats://user:hunter2@127.0.0.1:1,nats://s3cr3ttoken@127.0.0.1:2", WaitConnected: true, ConnectTimeout: 200 * time.Millisecond}, zerolog.Nop())
+	_, err := stream.Connect(stream.ConnConfig{URL: "nats://user:hunter2@127.0.0.1:1,nats://s3cr3ttoken@127.0.0.1:2,bob:n0scheme@127.0.0.1:3", WaitConnected: true, ConnectTimeout: 200 * time.Millisecond}, zerolog.Nop())
 	if err == nil {
 		t.Fatal("want a connection error")
 	}
-	for _, secret := range []string{"hunter2", "s3cr3ttoken"} {
+	for _, secret := range []string{"hunter2", "s3cr3ttoken", "n0scheme"} {
 		if strings.Contains(err.Error(), secret) {
 			t.Errorf("error leaks %q: %v", secret, err)
 		}

@@ -65,6 +65,10 @@ func runSetAside(ctx context.Context, args []string, stdout io.Writer) error {
 	// Take the file, so lines a running bridge appends meanwhile go to a
 	// new one.
 	work := path + ".publishing-" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(stdout, "nothing set aside in %s\n", path)
+		return nil
+	}
 	unlock, err := spool.LockAside(cfg.Spool.Dir)
 	if err != nil {
 		return err

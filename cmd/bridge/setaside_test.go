@@ -128,3 +128,12 @@ func TestSetAsidePublishWaitsForAnAppendInProgress(t *testing.T) {
 		}
 	}
 }
+
+func TestSetAsidePublishWithoutSpoolDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "never-created")
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"set-aside", "--publish", "--spool.dir", dir, "--nats.url", "nats://127.0.0.1:1"}, &out, &out)
+	if err != nil || !strings.Contains(out.String(), "nothing set aside") {
+		t.Fatalf("err %v, output %q; want \"nothing set aside\" and no error", err, out.String())
+	}
+}

@@ -297,6 +297,12 @@ func (p *processor) deletedRev(ctx context.Context, token string) (uint64, error
 	case err != nil:
 		return 0, err
 	}
+	if op := m.Header.Get("KV-Operation"); op != "DEL" && op != "PURGE" {
+		// A value after all: another instance created the key since the
+		// Get. Expecting 0 makes the write conflict, and the device is
+		// evaluated again on that state rather than overwriting it.
+		return 0, nil
+	}
 	return m.Sequence, nil
 }
 
@@ -323,8 +329,10 @@ func (p *processor) flushPending(ctx context.Context, jobs []*job) {
 		}
 		if j.e.verify && p.alerts != nil {
 			kept := j.e.st.Pending[:0]
-			for _, a := range j.e.st.Pending {
-				done, err := p.inAlerts(ctx, &a)
+			pending := j.e.st.Pending
+			for k, a := range pending {
+				// kept overwrites only entries up to k: pending[k+1:] is intact.
+				done, err := p.inAlerts(ctx, &a, pending[k+1:])
 				if err != nil {
 					j.err = err
 					break
@@ -347,13 +355,14 @@ func (p *processor) flushPending(ctx context.Context, jobs []*job) {
 }
 
 // inAlerts reports whether a (read from a stored Pending) is in ALERTS
-// already: the newest message on its subject is a itself or a strictly
-// later alert (raised after a was flushed). One at the same time with
-// another id does not tell: a fix can raise two alerts of a kind (nested
-// zones, two overspeed rules) on one subject, and a crash may have stored
-// only the first; a is then published again, and the stream's Nats-Msg-Id
-// dedupe drops it if it was stored.
-func (p *processor) inAlerts(ctx context.Context, a *Alert) (bool, error) {
+// already. The newest message on its subject tells: a itself; or an alert
+// of later, the Pending entries after a, which were published after it;
+// or a strictly later alert (raised after a was flushed). One at the same
+// time with another id does not tell: a fix can raise two alerts of a kind
+// (nested zones, two overspeed rules) on one subject, and a crash may have
+// stored only the first; a is then published again, and the stream's
+// Nats-Msg-Id dedupe drops it if it was stored.
+func (p *processor) inAlerts(ctx context.Context, a *Alert, later []Alert) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	raw, err := p.alerts.GetLastMsgForSubject(ctx, a.Subject(p.prefix))
@@ -363,8 +372,14 @@ func (p *processor) inAlerts(ctx context.Context, a *Alert) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("look up alert %s in ALERTS: %w", a.ID, err)
 	}
-	if raw.Header.Get(jetstream.MsgIDHeader) == a.ID {
+	id := raw.Header.Get(jetstream.MsgIDHeader)
+	if id == a.ID {
 		return true, nil
+	}
+	for i := range later {
+		if later[i].ID == id {
+			return true, nil
+		}
 	}
 	var last Alert
 	if json.Unmarshal(raw.Data, &last) == nil && last.TS.After(a.TS) {

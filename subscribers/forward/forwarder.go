@@ -233,10 +233,12 @@ func newTargetRun(js JetStream, t Target, opts Options, m *metrics, reg promethe
 		return nil, fmt.Errorf("target %s: %w", t.Name, err)
 	}
 	r := &targetRun{t: t, js: js, rt: rt, rtCfg: rt.Config(), client: cl, m: m, log: log}
-	// A stale copy comes within about an AckWait of its original's ack;
-	// remembering settled sequences for twice that (a minute at least) is
-	// ample.
-	keep := max(2*r.rtCfg.AckWait, time.Minute)
+	// A stale copy comes shortly after its original's ack, unless it waits
+	// in a backed-up runtime for a slot: remember settled sequences for ten
+	// AckWaits, five minutes at least (about a bit each: a few MB at 10,000
+	// coordinates/s). A copy later still is sent again, counted out of
+	// order; nothing is ever acked unsent.
+	keep := max(10*r.rtCfg.AckWait, 5*time.Minute)
 	r.sched = newScheduler(t.BatchSize, keep, func(msg *subscribers.Msg) {
 		m.outOfOrder.WithLabelValues(t.Name).Inc()
 		log.Warn().Uint64("seq", msg.StreamSeq).Str("device", msg.Coord.DeviceID).
@@ -452,8 +454,9 @@ func (r *targetRun) giveUp(u *unit, e *DeliveryError) {
 // failed (the runtime nak'ed it to come back), each copy tries again.
 func (r *targetRun) settle(u *unit, err error) {
 	for _, h := range u.msgs {
-		h.finished = h.settles[0](err)
-		for _, s := range h.settles[1:] {
+		settles := r.sched.settlesOf(h)
+		h.finished = settles[0](err)
+		for _, s := range settles[1:] {
 			if h.finished && subscribers.IsPermanent(err) {
 				s(nil)
 				continue

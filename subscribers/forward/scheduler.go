@@ -22,6 +22,9 @@ type held struct {
 	// dead-lettered); a dead-letter copy that failed leaves it false, and
 	// the message comes back as new work.
 	finished bool
+	// taken is how many of settles the runner took to settle; a copy added
+	// after that is settled by done.
+	taken int
 }
 
 func (h *held) seq() uint64 { return h.msg.StreamSeq }
@@ -295,16 +298,44 @@ func (s *scheduler) formLocked() *unit {
 	return u
 }
 
+// settlesOf returns the settle functions of h's deliveries so far, for the
+// runner to call; a delivery that joins h later is settled by done.
+func (s *scheduler) settlesOf(h *held) []subscribers.Settle {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h.taken = len(h.settles)
+	return h.settles[:h.taken:h.taken]
+}
+
 // done removes a settled unit's messages and makes their devices ready for
 // their next message. The finished ones are remembered, so that a stale
-// copy of one is acked, not sent again.
+// copy of one is acked, not sent again. A copy that joined a message while
+// its unit was being settled is settled here: acked with a finished
+// message, handed back otherwise.
 func (s *scheduler) done(u *unit) {
 	now := time.Now()
+	type late struct {
+		settle   subscribers.Settle
+		finished bool
+	}
+	var lates []late
+	defer func() {
+		for _, l := range lates {
+			if l.finished {
+				l.settle(nil)
+			} else {
+				l.settle(errHandBack)
+			}
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, h := range u.msgs {
 		seq := h.seq()
 		delete(s.bySeq, seq)
+		for _, st := range h.settles[h.taken:] {
+			lates = append(lates, late{st, h.finished})
+		}
 		d := h.dev
 		if h.finished {
 			s.settled.add(seq, now)

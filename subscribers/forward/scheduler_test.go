@@ -76,7 +76,7 @@ func TestSchedulerAcksStaleRedelivery(t *testing.T) {
 	s.add(msg("a", 1), l.fn(1))
 	s.add(msg("a", 2), l.fn(2))
 	u := s.next(context.Background())
-	u.msgs[0].finished = u.msgs[0].settles[0](nil)
+	(&targetRun{sched: s}).settle(u, nil)
 	s.done(u) // 1 settled by its runner
 	// The server sends 1 again (its ack came late): acked, not queued.
 	again := msg("a", 1)
@@ -187,7 +187,7 @@ func TestSchedulerSendsARedeliveryItNeverFinished(t *testing.T) {
 	// 1 was lost on the way; 2 arrives and is sent.
 	s.add(msg("a", 2), l.fn(2))
 	u := s.next(context.Background())
-	u.msgs[0].finished = u.msgs[0].settles[0](nil)
+	(&targetRun{sched: s}).settle(u, nil)
 	s.done(u)
 	lost := msg("a", 1)
 	lost.NumDelivered = 2
@@ -203,7 +203,7 @@ func TestSchedulerSendsARedeliveryItNeverFinished(t *testing.T) {
 		t.Fatalf("next unit %v, want seq 1", u)
 	}
 	// Its dead-letter copy fails: the runtime nak'ed it (not finished).
-	u.msgs[0].finished = u.msgs[0].settles[0](errors.New("DLQ down"))
+	(&targetRun{sched: s}).settle(u, errors.New("DLQ down"))
 	s.done(u)
 	again := msg("a", 1)
 	again.NumDelivered = 3

@@ -1,0 +1,54 @@
+package forward
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The server redelivers a message the forwarder still holds (an InProgress
+// lost in a reconnect); the copy waits in the runtime for a slot and is
+// dispatched the moment an ack frees one, e.g. the ack of the next message
+// of the same unit, i.e. while targetRun.settle is still running and before
+// sched.done removed the message from bySeq. add then appends the copy's
+// Settle to h.settles, which settle has already ranged over, and done
+// forgets the message: the copy is never settled. Its runtime slot
+// (MaxAckPending in all) and its inflight entry leak for good; the drain
+// waits for it until its deadline.
+func TestSchedulerSettlesACopyThatArrivesDuringSettle(t *testing.T) {
+	s := newScheduler(10, time.Minute, nil, nil) // batch format: one unit, two devices
+	r := &targetRun{sched: s}
+	var mu sync.Mutex
+	var copySettled []error
+	copyMsg := msg("a", 1)
+	copyMsg.NumDelivered = 2
+	s.add(msg("a", 1), func(err error) bool { return err == nil })
+	first := true
+	s.add(msg("b", 2), func(err error) bool {
+		if first { // 2's ack frees a runtime slot: the waiting copy of 1 comes in
+			first = false
+			s.add(copyMsg, func(err error) bool {
+				mu.Lock()
+				defer mu.Unlock()
+				copySettled = append(copySettled, err)
+				return err == nil
+			})
+		}
+		return err == nil
+	})
+	u := s.next(context.Background())
+	if len(u.msgs) != 2 {
+		t.Fatalf("unit of %d", len(u.msgs))
+	}
+	r.settle(u, nil) // delivered
+	s.done(u)
+	if msgs, _ := s.stats(); msgs != 0 {
+		t.Fatalf("scheduler still holds %d", msgs)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(copySettled) != 1 {
+		t.Fatalf("the copy of seq 1 that arrived while its unit was being settled was settled %d times, want 1 (acked)", len(copySettled))
+	}
+}
