@@ -157,18 +157,24 @@ func (d *Decoder) Decode(contentType string, body []byte, query url.Values, now 
 		mt = mt[:i]
 	}
 	mt = strings.ToLower(strings.TrimSpace(mt))
+	looksJSON := first == '{' || first == '['
 	switch {
-	case mt == "":
-		if first == '{' || first == '[' {
-			return d.DecodeJSON(body, now)
-		}
-		return nil, fmt.Errorf("%w: no content type, and the body is not JSON", ErrUnsupportedMediaType)
 	case mt == "application/json" || mt == "text/json" ||
 		strings.HasSuffix(mt, "+json") && strings.IndexByte(mt, '/') > 0:
 		return d.DecodeJSON(body, now)
+	case looksJSON && (mt == "" || mt == "text/plain" || mt == "application/octet-stream" ||
+		mt == "application/x-www-form-urlencoded"):
+		// A JSON body under a generic type (.NET's StringContent sends
+		// text/plain, curl -d sends a form type): no form starts with
+		// { or [.
+		return d.DecodeJSON(body, now)
+	case mt == "":
+		return nil, fmt.Errorf("%w: no content type, and the body is not JSON", ErrUnsupportedMediaType)
 	case mt == "application/x-www-form-urlencoded":
+		// A pair that does not parse (an unescaped %, a ;) is dropped, as
+		// Go does for a query string; the others are kept.
 		v, err := url.ParseQuery(string(body))
-		if err != nil {
+		if err != nil && len(v) == 0 {
 			return nil, fmt.Errorf("%w: form: %v", ErrMalformed, err)
 		}
 		return d.DecodeValues(v, now)
@@ -578,6 +584,13 @@ func (st *itemState) item(top []member, c *Coord) string {
 	}
 	// "location": "lat,lon" stands for both when neither is at the top level.
 	usePair := locStr != nil && picks[fLat].m == nil && picks[fLon].m == nil
+	if usePair && conts != [numSlots]*member{} {
+		// "location": "Querétaro, Qro." is a place name, not "lat,lon": a
+		// nested object may still hold the position.
+		if _, _, why := pairOf(locStr); why != "" {
+			usePair = false
+		}
+	}
 	var atTop [numCanon]bool
 	for f := range picks {
 		atTop[f] = picks[f].m != nil
@@ -589,6 +602,7 @@ func (st *itemState) item(top []member, c *Coord) string {
 	// field winning. All are parsed before any pointer into st.nested is
 	// taken, since appending may move it.
 	var spans [numSlots][2]int
+	var pairs [numSlots][2]pick // each nested object's lat and lon
 	if conts != [numSlots]*member{} {
 		st.nested = st.nested[:0]
 		for slot, m := range conts {
@@ -615,11 +629,31 @@ func (st *itemState) item(top []member, c *Coord) string {
 					if !atTop[r.field] && (p.m == nil || p.parent == cm && r.rank < p.rank) {
 						*p = pick{m: n, parent: cm, rank: r.rank, unit: r.unit}
 					}
+					if r.field == fLat || r.field == fLon {
+						q := &pairs[slot][r.field-fLat]
+						if q.m == nil || r.rank < q.rank {
+							*q = pick{m: n, parent: cm, rank: r.rank, unit: r.unit}
+						}
+					}
 				case roleUnit:
 					if units[slot] == nil {
 						units[slot] = n
 					}
 				}
+			}
+		}
+	}
+
+	// A position is one object's lat and lon: unless the top level holds
+	// both, the first nested object holding both gives them, so a lone
+	// top-level lat (or one in another object) is not paired with a
+	// longitude of another place. Only when no object holds both are they
+	// taken one by one.
+	if !atTop[fLat] || !atTop[fLon] {
+		for slot := range pairs {
+			if pairs[slot][0].m != nil && pairs[slot][1].m != nil {
+				picks[fLat], picks[fLon] = pairs[slot][0], pairs[slot][1]
+				break
 			}
 		}
 	}
@@ -642,6 +676,10 @@ func (st *itemState) item(top []member, c *Coord) string {
 			c.Lat, c.Lon = lat, lon
 			locStr.used = true
 		}
+	} else if locStr != nil && picks[fLat].m == nil && picks[fLon].m == nil {
+		// A location string that is no pair, and no nested position.
+		_, _, why := pairOf(locStr)
+		probs = append(probs, why)
 	} else {
 		for _, f := range [2]canon{fLat, fLon} {
 			p := &picks[f]
@@ -669,7 +707,13 @@ func (st *itemState) item(top []member, c *Coord) string {
 	if p := &picks[fTS]; p.m == nil {
 		c.TS, c.TSMissing = st.now, true
 	} else if t, why := st.timeOf(p); why != "" {
-		probs = append(probs, why)
+		// Another time field may hold the full time ("fecha" a bare date
+		// beside "fechaHora"): the best-ranked one that reads wins.
+		if t, ok := st.otherTime(top, p); ok {
+			c.TS = t
+		} else {
+			probs = append(probs, why)
+		}
 	} else {
 		c.TS = t
 		p.m.used = true
@@ -952,6 +996,35 @@ func deviceID(p *pick) (string, string) {
 	return id, ""
 }
 
+// otherTime reads the fix time from the best-ranked top-level time field
+// other than failed that holds a valid time, and marks it used.
+func (st *itemState) otherTime(top []member, failed *pick) (time.Time, bool) {
+	best, bestRank := -1, 0
+	var bestT time.Time
+	for i := range top {
+		m := &top[i]
+		if m == failed.m || !m.present() {
+			continue
+		}
+		r, ok := st.roles.role(st.d, i, m.key)
+		if !ok || r.kind != roleField || r.field != fTS || best >= 0 && r.rank >= bestRank {
+			continue
+		}
+		if t, why := st.timeOf(&pick{m: m, rank: r.rank}); why == "" {
+			best, bestRank, bestT = i, r.rank, t
+		}
+	}
+	if best < 0 {
+		return time.Time{}, false
+	}
+	top[best].used = true
+	return bestT, true
+}
+
+// minEpochTime is the earliest fix time read from a number: anything before
+// is a clock time, a date or a device without a fix, not a Unix time.
+var minEpochTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
 // timeOf reads the fix time: Unix seconds or milliseconds (a number or a
 // numeric string), or a textual form (parseTime); not after now + MaxFuture.
 func (st *itemState) timeOf(p *pick) (time.Time, string) {
@@ -960,17 +1033,25 @@ func (st *itemState) timeOf(p *pick) (time.Time, string) {
 		t  time.Time
 		ok bool
 	)
+	numeric := false
 	switch m.kind {
 	case kindNumber:
 		t, ok = epoch(m.raw)
+		numeric = true
 	case kindString:
 		if s := strings.TrimSpace(m.str()); isDecimal(s) {
 			t, ok = epoch(s)
+			numeric = true
 		} else {
 			t, ok = parseTime(s, st.d.loc)
 		}
 	default:
 		return t, p.name() + " must be a string or a number, got " + m.kind.noun()
+	}
+	if ok && numeric && t.Before(minEpochTime) {
+		// 0, "2026", "115900" (a clock time), "20260301" (a date): as Unix
+		// time these are fixes in 1970, which no device sends.
+		return t, p.name() + " " + m.describe() + " is not a plausible Unix time (before 2000): send the fix time as Unix seconds or milliseconds, or as text with its date"
 	}
 	if !ok {
 		return t, p.name() + " " + m.describe() + " is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM:SS, DD/MM/YYYY HH:MM:SS, or Unix seconds or milliseconds)"

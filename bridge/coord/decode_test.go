@@ -198,6 +198,8 @@ func TestDecodeTimes(t *testing.T) {
 		{"RFC 3339 millis", `"2026-03-01T11:59:00.123Z"`, "2026-03-01T11:59:00.123Z", ""},
 		{"RFC 3339 nanos", `"2026-03-01T11:59:00.123456789Z"`, "2026-03-01T11:59:00.123456789Z", ""},
 		{"RFC 3339 lower case", `"2026-03-01t11:59:00z"`, "2026-03-01T11:59:00Z", ""},
+		{"a + offset that arrived as a space (unescaped in a query)", `"2026-03-01T13:29:00 01:30"`, "2026-03-01T11:59:00Z", ""},
+		{"the same, hhmm", `"2026-03-01 12:59:00 0100"`, "2026-03-01T11:59:00Z", ""},
 		{"offset without colon", `"2026-03-01T05:59:00-0600"`, "2026-03-01T11:59:00Z", ""},
 		{"offset hours only", `"2026-03-01T05:59:00-06"`, "2026-03-01T11:59:00Z", ""},
 		{"space and Z", `"2026-03-01 11:59:00Z"`, "2026-03-01T11:59:00Z", ""},
@@ -217,7 +219,11 @@ func TestDecodeTimes(t *testing.T) {
 		{"epoch millis fraction", `1772366340123.5`, "2026-03-01T11:59:00.1235Z", ""},
 		{"1e12 is millis", `1000000000000`, "2001-09-09T01:46:40Z", ""},
 		{"just under 1e12 is seconds, too far ahead", `999999999999`, "", ""},
-		{"epoch zero", `0`, "1970-01-01T00:00:00Z", ""},
+		{"epoch zero (a device without a fix)", `0`, "", ""},
+		{"a clock time is not a Unix time", `"115900"`, "", ""},
+		{"a bare date is not a Unix time", `"20260301"`, "", ""},
+		{"a year is not a Unix time", `"2026"`, "", ""},
+		{"first plausible Unix second", `946684800`, "2000-01-01T00:00:00Z", ""},
 		{"negative epoch", `-5`, "", ""},
 		{"words", `"yesterday"`, "", ""},
 		{"no such day", `"2026-02-30T10:00:00Z"`, "", ""},
@@ -251,6 +257,64 @@ func TestDecodeTimes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// When the best-ranked time field does not read (a bare date in "fecha"
+// beside "fechaHora", a clock time in "time" beside "datetime"), the next
+// one that does gives the fix time; the other stays in attrs.
+func TestDecodeTimeFallsBackToAnotherTimeField(t *testing.T) {
+	d := newDecoder(t, Options{})
+	want := "2026-03-01T11:59:00Z"
+	for _, body := range []string{
+		`{"imei":"356938035643809","latitud":20.5888,"longitud":-100.3899,"fecha":"2026-03-01","fechaHora":"2026-03-01 11:59:00"}`,
+		`{"imei":"356938035643809","latitud":20.5888,"longitud":-100.3899,"fecha":"01/03/2026","fechaHora":"01/03/2026 11:59:00"}`,
+		`{"imei":"356938035643809","lat":20.5888,"lon":-100.3899,"time":"11:59:00","datetime":"2026-03-01T11:59:00Z"}`,
+		`{"imei":"356938035643809","lat":20.5888,"lon":-100.3899,"date":"2026-03-01","fix_time":"2026-03-01T11:59:00Z"}`,
+	} {
+		c := decodeOne(t, d, body)
+		if got := c.TS.Format(time.RFC3339); got != want || c.TSMissing {
+			t.Errorf("%s: ts %s (missing %v), want %s", body, got, c.TSMissing, want)
+		}
+		if len(c.Attrs) == 0 {
+			t.Errorf("%s: the unread time field is not kept in attrs", body)
+		}
+	}
+	// When none reads, the best-ranked one is named.
+	msg := decodeRejected(t, d, `{"device_id":"a","lat":1,"lon":2,"time":"11:59:00","fecha":"ayer"}`)
+	if !strings.Contains(msg, "11:59:00") {
+		t.Errorf("message %q does not name the best-ranked time field", msg)
+	}
+}
+
+// A lone top-level lat is not paired with the longitude of a nested
+// object that holds a position of its own: the nested pair is the position.
+func TestDecodeLatLonFromOneObject(t *testing.T) {
+	d := newDecoder(t, Options{})
+	c := decodeOne(t, d, `{"imei":"356938035643809","lat":20.5888,"lon":null,"position":{"lat":19.4326,"lon":-99.1332}}`)
+	if c.Lat != 19.4326 || c.Lon != -99.1332 {
+		t.Errorf("got (%v, %v), want the nested pair (19.4326, -99.1332)", c.Lat, c.Lon)
+	}
+	if _, ok := c.Attrs["lat"]; !ok {
+		t.Errorf("the unused top-level lat is not kept in attrs: %v", c.Attrs)
+	}
+}
+
+// A location string holding a place name does not hide a nested position;
+// without one, the string's problem is named.
+func TestDecodeLocationNameBesideNestedPosition(t *testing.T) {
+	d := newDecoder(t, Options{})
+	for _, body := range []string{
+		`{"imei":"356938035643809","location":"Querétaro, Qro.","position":{"lat":20.5888,"lon":-100.3899}}`,
+		`{"imei":"356938035643809","location":"Querétaro","coords":{"lat":20.5888,"lon":-100.3899}}`,
+	} {
+		c := decodeOne(t, d, body)
+		if c.Lat != 20.5888 || c.Lon != -100.3899 {
+			t.Errorf("%s: (%v, %v)", body, c.Lat, c.Lon)
+		}
+	}
+	if msg := decodeRejected(t, d, `{"imei":"356938035643809","location":"Querétaro"}`); !strings.Contains(msg, "location") {
+		t.Errorf("message %q does not name location", msg)
 	}
 }
 
@@ -499,8 +563,10 @@ func TestDecodeNested(t *testing.T) {
 			map[string]any{"position": map[string]any{"hdop": json.Number("0.8")}}, nil},
 		{"top level wins", `{"device_id": "n", "lat": 1, "lon": 2, "coords": {"lat": 3, "lon": 4}}`, 1, 2,
 			map[string]any{"coords": map[string]any{"lat": json.Number("3"), "lon": json.Number("4")}}, nil},
-		{"first object holding a field wins", `{"device_id": "n", "position": {"lat": 5, "lon": 6}, "coords": {"lat": 3}}`, 3, 6,
-			map[string]any{"position": map[string]any{"lat": json.Number("5")}}, nil},
+		{"lat and lon come from one object", `{"device_id": "n", "position": {"lat": 5, "lon": 6}, "coords": {"lat": 3}}`, 5, 6,
+			map[string]any{"coords": map[string]any{"lat": json.Number("3")}}, nil},
+		{"first object holding a field wins when none holds both", `{"device_id": "n", "position": {"lon": 6, "lat": null}, "location": {"lat": 4}, "coords": {"lat": 3}}`, 3, 6,
+			map[string]any{"location": map[string]any{"lat": json.Number("4")}, "position": map[string]any{"lat": nil}}, nil},
 		{"device id and time nested", `{"position": {"device_id": "deep", "lat": 1, "lon": 2, "ts": "2026-03-01T11:00:00Z", "speed": 7}}`, 1, 2, nil,
 			func(t *testing.T, c *Coord) {
 				if c.DeviceID != "deep" || c.TSMissing || c.SpeedKmh == nil || *c.SpeedKmh != 7 {
@@ -772,7 +838,12 @@ func TestDecodeShapes(t *testing.T) {
 		{"empty body with a content type uses the query", "application/json", " \n", url.Values{"device_id": {"q"}, "lat": {"1"}, "lon": {"2"}}, []string{"q"}, nil},
 		{"body wins over query", "application/json", one, url.Values{"device_id": {"q"}, "lat": {"1"}, "lon": {"2"}}, []string{"a"}, nil},
 
-		{"text/plain", "text/plain", one, nil, nil, ErrUnsupportedMediaType},
+		{"JSON as text/plain (.NET StringContent)", "text/plain; charset=utf-8", one, nil, []string{"a"}, nil},
+		{"JSON as octet-stream", "application/octet-stream", one, nil, []string{"a"}, nil},
+		{"JSON under a form type (curl -d)", "application/x-www-form-urlencoded", one, nil, []string{"a"}, nil},
+		{"text/plain that is not JSON", "text/plain", "device_id=f&lat=1&lon=2", nil, nil, ErrUnsupportedMediaType},
+		{"a form with one bad pair keeps the others", "application/x-www-form-urlencoded", "device_id=f&lat=1&lon=2&bateria=87%", nil, []string{"f"}, nil},
+		{"a form with a ; keeps the others", "application/x-www-form-urlencoded", "device_id=g&lat=1&lon=2&evento=Encendido;Motor", nil, []string{"g"}, nil},
 		{"multipart", "multipart/form-data; boundary=x", "--x--", nil, nil, ErrUnsupportedMediaType},
 		{"no content type, form body", "", "device_id=f&lat=1&lon=2", nil, nil, ErrUnsupportedMediaType},
 		{"+json without a type", "+json", one, nil, nil, ErrUnsupportedMediaType},

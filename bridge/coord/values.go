@@ -151,6 +151,10 @@ func parseTime(s string, loc *time.Location) (time.Time, bool) {
 			for i++; i < len(s) && isDigit(s[i]); i++ {
 			}
 		}
+		if zone := s[i:]; len(zone) > 1 && zone[0] == ' ' && allDigitsOrColon(zone[1:]) {
+			// A "+hh:mm" sent unescaped in a query or form arrives as " hh:mm".
+			s = s[:i] + "+" + zone[1:]
+		}
 		var layout string
 		switch zone := s[i:]; {
 		case zone == "":
@@ -280,3 +284,24 @@ func indexExp(s string) int {
 func parseFloat(s string) (float64, error) { return strconv.ParseFloat(s, 64) }
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
+// allDigitsOrColon reports whether z looks like the rest of an offset:
+// hh:mm, hhmm or hh.
+func allDigitsOrColon(z string) bool {
+	switch len(z) {
+	case 2, 4:
+	case 5:
+		if z[2] != ':' {
+			return false
+		}
+		z = z[:2] + z[3:]
+	default:
+		return false
+	}
+	for i := 0; i < len(z); i++ {
+		if !isDigit(z[i]) {
+			return false
+		}
+	}
+	return true
+}
