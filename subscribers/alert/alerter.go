@@ -337,7 +337,7 @@ func (a *Alerter) HandleBatch(ctx context.Context, msgs []*subscribers.Msg) []er
 			g.applied, g.stale = 0, 0
 			for _, i := range g.idx {
 				c := &msgs[i].Coord
-				if !st.Seen.IsZero() && !c.TS.After(st.Seen) {
+				if Stale(st, c) {
 					g.stale++
 				} else {
 					g.applied++

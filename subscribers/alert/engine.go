@@ -3,6 +3,7 @@ package alert
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,8 +40,8 @@ import (
 //   - battery: battery_low below below_pct, battery_ok above
 //     below_pct + clear_margin_pct. Fixes without battery are skipped.
 //   - panic: an event or attribute match alerts unless a panic of the same
-//     rule was alerted at a fix time later than this one or less than
-//     cooldown before it.
+//     rule was alerted at the same fix time or less than cooldown from it,
+//     before or after (the newest maxPanicMarks per rule are kept).
 type Engine struct {
 	rules *Rules
 }
@@ -56,16 +57,20 @@ func (e *Engine) Rules() *Rules { return e.rules }
 // stored). c.DeviceID must be st.DeviceID.
 func (e *Engine) Apply(dst []Alert, st *State, c *coord.Coord) (out []Alert, changed bool) {
 	n := len(dst)
-	if !st.Seen.IsZero() && !c.TS.After(st.Seen) {
+	if Stale(st, c) {
 		dst = e.applyPanic(dst, st, c)
 		return dst, len(dst) > n
 	}
-	prevSeen := st.Seen
+	prevSeen, prevRecv := st.Seen, received(st)
 	first := st.Last == nil
-	st.Seen = c.TS
+	st.Seen = orderTime(c)
+	if r := receivedAt(c); r.After(st.Received) {
+		st.Received = r
+	}
 	st.V = StateVersion
+	e.prune(st)
 
-	dst = e.applyOffline(dst, st, c, prevSeen)
+	dst = e.applyOffline(dst, st, c, prevSeen, prevRecv)
 	jump := false
 	if !first {
 		dst, jump = e.applyJump(dst, st, c)
@@ -89,6 +94,55 @@ func (e *Engine) Apply(dst []Alert, st *State, c *coord.Coord) (out []Alert, cha
 	return dst, true
 }
 
+// prune forgets the open offline, battery and overspeed episodes of rules
+// that are gone or no longer apply to the device (the rules file changed),
+// as zones are forgotten: otherwise the rule's return would raise a false
+// online or battery_ok.
+func (e *Engine) prune(st *State) {
+	stale := func(name, typ string) bool {
+		r := e.rules.byName[name]
+		return r == nil || r.Type != typ || !r.match.has(st.DeviceID)
+	}
+	st.Offline = slices.DeleteFunc(st.Offline, func(n string) bool { return stale(n, TypeOffline) })
+	st.BatteryLow = slices.DeleteFunc(st.BatteryLow, func(n string) bool { return stale(n, TypeBattery) })
+	st.Speeding = slices.DeleteFunc(st.Speeding, func(sp Speeding) bool { return stale(sp.Rule, TypeOverspeed) })
+}
+
+// orderTime is the time that orders c among its device's fixes: its fix
+// time, but never later than when the bridge received it. A fix stamped in
+// the future (a device clock set wrong, then corrected) would otherwise
+// make every correctly stamped fix after it look out of order.
+func orderTime(c *coord.Coord) time.Time {
+	if !c.ReceivedAt.IsZero() && c.TS.After(c.ReceivedAt) {
+		return c.ReceivedAt
+	}
+	return c.TS
+}
+
+// Stale reports whether c is at or before the newest fix of st (out of
+// order, or a redelivery): it then changes no state but a panic's.
+func Stale(st *State, c *coord.Coord) bool {
+	return !st.Seen.IsZero() && !orderTime(c).After(st.Seen)
+}
+
+// receivedAt is when the bridge received c (its fix time for a message
+// without received_at).
+func receivedAt(c *coord.Coord) time.Time {
+	if c.ReceivedAt.IsZero() {
+		return c.TS
+	}
+	return c.ReceivedAt
+}
+
+// received is when the newest fix of st was received (Seen for a state
+// stored before Received existed).
+func received(st *State) time.Time {
+	if st.Received.IsZero() {
+		return st.Seen
+	}
+	return st.Received
+}
+
 // Scan raises the offline alerts due at now for a device whose newest fix
 // is st.Seen (offline when now − Seen > after) and updates st. It appends to
 // dst.
@@ -96,7 +150,7 @@ func (e *Engine) Scan(dst []Alert, st *State, now time.Time) []Alert {
 	if st.Seen.IsZero() || st.Last == nil {
 		return dst
 	}
-	silent := now.Sub(st.Seen)
+	silent := now.Sub(received(st))
 	for _, r := range e.rules.offline {
 		if silent <= r.after || hasString(st.Offline, r.Name) || !r.match.has(st.DeviceID) {
 			continue
@@ -121,7 +175,7 @@ func (e *Engine) NextOffline(st *State) time.Time {
 		if hasString(st.Offline, r.Name) || !r.match.has(st.DeviceID) {
 			continue
 		}
-		if t := st.Seen.Add(r.after); next.IsZero() || t.Before(next) {
+		if t := received(st).Add(r.after); next.IsZero() || t.Before(next) {
 			next = t
 		}
 	}
@@ -145,13 +199,14 @@ func (e *Engine) offlineAlert(r *offlineRule, st *State, how string, at time.Tim
 			"detected_by": how, "detected_at": at.UTC()})
 }
 
-func (e *Engine) applyOffline(dst []Alert, st *State, c *coord.Coord, prevSeen time.Time) []Alert {
+func (e *Engine) applyOffline(dst []Alert, st *State, c *coord.Coord, prevSeen, prevRecv time.Time) []Alert {
 	for _, r := range e.rules.offline {
 		if !r.match.has(c.DeviceID) {
 			continue
 		}
 		open := hasString(st.Offline, r.Name)
-		gap := c.TS.Sub(prevSeen)
+		// Silence is counted in receive times, as the scan counts it.
+		gap := receivedAt(c).Sub(prevRecv)
 		if !open && !prevSeen.IsZero() && st.Last != nil && gap > r.after {
 			// The scan did not see it (alerter down, or a replay): raise
 			// the offline alert it would have raised, keyed on the same fix.
@@ -285,7 +340,9 @@ func (e *Engine) applyOverspeed(dst []Alert, st *State, c *coord.Coord) []Alert 
 		default:
 			sp.MaxKm = math.Max(sp.MaxKm, v)
 		}
-		if !sp.Open && c.TS.Sub(sp.Since) >= r.minDuration {
+		// Alerted on a fix that is itself over the limit: dips within the
+		// margin keep an episode going, but never make one.
+		if !sp.Open && v > r.limit && c.TS.Sub(sp.Since) >= r.minDuration {
 			sp.Open = true
 			dur := c.TS.Sub(sp.Since)
 			dst = append(dst, newAlert(&r.rule, KindOverspeed, c.DeviceID, c.TS, c.Lat, c.Lon,
@@ -331,17 +388,58 @@ func (e *Engine) applyPanic(dst []Alert, st *State, c *coord.Coord) []Alert {
 		if !ok {
 			continue
 		}
-		if m := findMark(st.Panics, r.Name, ""); m != nil && (!c.TS.After(m.TS) || c.TS.Sub(m.TS) < r.cooldown) {
+		if nearPanic(st.Panics, r.Name, c.TS, r.cooldown) {
 			continue
 		}
 		a := newAlert(&r.rule, KindPanic, c.DeviceID, c.TS, c.Lat, c.Lon,
 			fmt.Sprintf("PANIC: %s (%s, rule %s)", c.DeviceID, what, r.display()),
 			map[string]any{"match": what})
-		st.Panics, _ = setMark(st.Panics, r.Name, "", c.TS)
+		st.Panics = addPanicMark(st.Panics, r.Name, c.TS)
 		st.markEmitted(r.Name, KindPanic, c.TS)
 		dst = append(dst, a)
 	}
 	return dst
+}
+
+// maxPanicMarks is how many alerted panic times are kept per rule.
+const maxPanicMarks = 16
+
+// nearPanic reports whether a panic of rule was alerted at ts or less than
+// cooldown from it, before or after: a late (stored-and-forwarded) panic
+// far from every alerted one is an incident of its own.
+func nearPanic(marks []Mark, rule string, ts time.Time, cooldown time.Duration) bool {
+	for _, m := range marks {
+		if m.Rule != rule {
+			continue
+		}
+		d := ts.Sub(m.TS)
+		if d < 0 {
+			d = -d
+		}
+		if d == 0 || d < cooldown {
+			return true
+		}
+	}
+	return false
+}
+
+// addPanicMark records a panic of rule alerted at ts, keeping the newest
+// maxPanicMarks of the rule.
+func addPanicMark(marks []Mark, rule string, ts time.Time) []Mark {
+	marks = append(marks, Mark{Rule: rule, TS: ts})
+	n, oldest := 0, -1
+	for i, m := range marks {
+		if m.Rule == rule {
+			n++
+			if oldest < 0 || m.TS.Before(marks[oldest].TS) {
+				oldest = i
+			}
+		}
+	}
+	if n > maxPanicMarks {
+		marks = slices.Delete(marks, oldest, oldest+1)
+	}
+	return marks
 }
 
 // matches reports whether c carries one of the rule's events or attribute

@@ -207,7 +207,8 @@ func NewPolygon(polys [][][][2]float64) (*Polygon, error) {
 			return nil, fmt.Errorf("%w: polygon %d %s", ErrBadPolygon, pi, err)
 		}
 		p.polys = append(p.polys, pg)
-		p.box = p.box.union(newBBox(pg.minLat, pg.maxLat, pg.minLon, pg.maxLon))
+		// The box is widened by the edge tolerance, as the edges are.
+		p.box = p.box.union(newBBox(pg.minLat-edgeEpsilon, pg.maxLat+edgeEpsilon, pg.minLon-edgeEpsilon, pg.maxLon+edgeEpsilon))
 	}
 	return p, nil
 }
@@ -260,8 +261,10 @@ func newPolygonPart(rings [][][2]float64) (polygon, error) {
 // Bounds implements Shape.
 func (p *Polygon) Bounds() BBox { return p.box }
 
-// Contains implements Shape: the even-odd ray-casting rule over every ring,
-// after an exact on-edge test so that the boundary counts as inside.
+// Contains implements Shape: inside the outer ring and in none of the
+// holes (each ring by the even-odd ray-casting rule), after an exact
+// on-edge test so that the boundary counts as inside. A hole that crosses
+// its outer ring, or two that overlap, add no area to the zone.
 func (p *Polygon) Contains(lat, lon float64) bool {
 	if !p.box.Contains(lat, lon) {
 		return false
@@ -269,7 +272,7 @@ func (p *Polygon) Contains(lat, lon float64) bool {
 	for i := range p.polys {
 		pg := &p.polys[i]
 		x := wrapLon(lon, pg.ref)
-		if lat < pg.minLat || lat > pg.maxLat || x < pg.minLon-edgeEpsilon || x > pg.maxLon+edgeEpsilon {
+		if lat < pg.minLat-edgeEpsilon || lat > pg.maxLat+edgeEpsilon || x < pg.minLon-edgeEpsilon || x > pg.maxLon+edgeEpsilon {
 			continue
 		}
 		if pg.contains(x, lat) {
@@ -280,18 +283,40 @@ func (p *Polygon) Contains(lat, lon float64) bool {
 }
 
 func (pg *polygon) contains(x, y float64) bool {
-	in := false
 	for ri := range pg.rings {
-		r := &pg.rings[ri]
-		n := len(r.lon)
-		for i, j := 0, n-1; i < n; j, i = i, i+1 {
-			xi, yi, xj, yj := r.lon[i], r.lat[i], r.lon[j], r.lat[j]
-			if onSegment(x, y, xj, yj, xi, yi) {
-				return true
-			}
-			if (yi > y) != (yj > y) && x < (xj-xi)*(y-yi)/(yj-yi)+xi {
-				in = !in
-			}
+		if pg.rings[ri].onEdge(x, y) {
+			return true
+		}
+	}
+	if !pg.rings[0].inside(x, y) {
+		return false
+	}
+	for ri := 1; ri < len(pg.rings); ri++ {
+		if pg.rings[ri].inside(x, y) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *ring) onEdge(x, y float64) bool {
+	n := len(r.lon)
+	for i, j := 0, n-1; i < n; j, i = i, i+1 {
+		if onSegment(x, y, r.lon[j], r.lat[j], r.lon[i], r.lat[i]) {
+			return true
+		}
+	}
+	return false
+}
+
+// inside is the even-odd ray-casting rule over one ring.
+func (r *ring) inside(x, y float64) bool {
+	in := false
+	n := len(r.lon)
+	for i, j := 0, n-1; i < n; j, i = i, i+1 {
+		xi, yi, xj, yj := r.lon[i], r.lat[i], r.lon[j], r.lat[j]
+		if (yi > y) != (yj > y) && x < (xj-xi)*(y-yi)/(yj-yi)+xi {
+			in = !in
 		}
 	}
 	return in

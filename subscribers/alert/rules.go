@@ -279,9 +279,21 @@ func (rs *Rules) add(node *yaml.Node, s *ruleSpec, groups map[string][]string, h
 	}
 	if node.Kind == yaml.MappingNode {
 		for k := 0; k+1 < len(node.Content); k += 2 {
-			key := node.Content[k].Value
+			key, val := node.Content[k].Value, node.Content[k+1]
 			if !contains(commonKeys, key) && !contains(allowed, key) {
 				return fmt.Errorf("key %q is not used by type %s (its keys: %s)", key, s.Type, strings.Join(allowed, ", "))
+			}
+			switch {
+			case key == "circle" && val.Kind == yaml.MappingNode:
+				for c := 0; c+1 < len(val.Content); c += 2 {
+					if ck := val.Content[c].Value; ck != "lat" && ck != "lon" && ck != "radius_m" {
+						return fmt.Errorf("circle: key %q is not known (its keys: lat, lon, radius_m)", ck)
+					}
+				}
+			case (key == "devices" || key == "groups") && val.Kind == yaml.SequenceNode && len(val.Content) == 0:
+				// An empty list would match every device: the opposite of
+				// what removing the last unit from it means.
+				return fmt.Errorf("%s: [] matches no device; remove the key to match every device", key)
 			}
 		}
 	}

@@ -21,6 +21,10 @@ type State struct {
 	// Seen is the time of the newest fix of any kind: a fix at or before
 	// Seen is out of order and never changes a state.
 	Seen time.Time `json:"seen"`
+	// Received is when the bridge received the newest fix (its
+	// received_at): offline detection counts silence from it, so a device
+	// whose clock runs behind is not taken for a silent one.
+	Received time.Time `json:"received,omitempty"`
 	// Suspect is the newest fix reported as an impossible jump and not
 	// confirmed since.
 	Suspect *Fix `json:"suspect,omitempty"`
