@@ -239,7 +239,7 @@ func (g *replayGuard) allow(ctx context.Context, a *Alert) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if ls.st.Alerted(a.Rule, a.Kind, a.TS) {
+	if ls.st.Alerted(a.Rule, a.Kind, a.TS) || ls.st.ongoing(a) {
 		g.suppressed.Add(1)
 		return false, nil
 	}

@@ -176,6 +176,33 @@ func (s *State) markEmitted(rule, kind string, ts time.Time) bool {
 // Alerted reports whether the state records an alert of rule and kind at
 // or after ts (or ts is at or before EmittedFloor): a replay must not
 // publish such an alert again.
+// ongoing reports whether a opens an episode (battery_low, overspeed) that
+// the live state shows open since an earlier alert of its rule, with no
+// closing alert after that one: a replay starting inside the episode sees
+// it open at its first fix, and must not announce it a second time.
+func (s *State) ongoing(a *Alert) bool {
+	var open bool
+	var closing string
+	switch a.Kind {
+	case KindBatteryLow:
+		open, closing = hasString(s.BatteryLow, a.Rule), KindBatteryOK
+	case KindOverspeed:
+		sp := s.speeding(a.Rule)
+		open, closing = sp != nil && sp.Open, KindOverspeedEnd
+	default:
+		return false
+	}
+	if !open {
+		return false
+	}
+	m := findMark(s.Emitted, a.Rule, a.Kind)
+	if m == nil || m.TS.After(a.TS) {
+		return false
+	}
+	end := findMark(s.Emitted, a.Rule, closing)
+	return end == nil || end.TS.Before(m.TS)
+}
+
 func (s *State) Alerted(rule, kind string, ts time.Time) bool {
 	if !s.EmittedFloor.IsZero() && !ts.After(s.EmittedFloor) {
 		return true
