@@ -318,6 +318,14 @@ func TestDecodeLocationNameBesideNestedPosition(t *testing.T) {
 	}
 }
 
+func TestDecodeAccentedSpanishNames(t *testing.T) {
+	d := newDecoder(t, Options{})
+	c := decodeOne(t, d, `{"imei":"356938035643809","latitud":20.5888,"longitud":-100.3899,"batería":55,"precisión":5,"Velocidad":40}`)
+	if c.BatteryPct == nil || *c.BatteryPct != 55 || c.AccuracyM == nil || *c.AccuracyM != 5 {
+		t.Errorf("battery %v accuracy %v (attrs %v)", fpString(c.BatteryPct), fpString(c.AccuracyM), c.Attrs)
+	}
+}
+
 func TestDecodeTimeMessages(t *testing.T) {
 	d := newDecoder(t, Options{})
 	tests := []struct{ value, want string }{

@@ -181,7 +181,8 @@ func buildRoles(extra map[string][]string) (map[string]role, error) {
 }
 
 // normalize returns the form names are compared in: lower case, with '_' and
-// '-' removed, so device_id, deviceId, DEVICE-ID and deviceid are equal.
+// '-' removed and Spanish accents dropped, so device_id, deviceId, DEVICE-ID
+// and deviceid are equal, and batería is bateria.
 func normalize(key string) string {
 	var buf [48]byte
 	return string(appendNorm(buf[:0], key))
@@ -213,12 +214,20 @@ func appendNormSlow(dst []byte, key string) []byte {
 		case r == utf8.RuneError && size == 1:
 			dst = append(dst, key[i])
 		default:
-			dst = utf8.AppendRune(dst, unicode.ToLower(r))
+			r = unicode.ToLower(r)
+			if a, ok := spanishFold[r]; ok {
+				r = a // batería = bateria, precisión = precision
+			}
+			dst = utf8.AppendRune(dst, r)
 		}
 		i += size
 	}
 	return dst
 }
+
+// spanishFold drops the accents of Spanish names, which senders write with
+// or without them.
+var spanishFold = map[rune]rune{'á': 'a', 'é': 'e', 'í': 'i', 'ó': 'o', 'ú': 'u', 'ü': 'u'}
 
 // lookup returns the role of a source key, without allocating.
 func (d *Decoder) lookup(key string) (role, bool) {
