@@ -206,7 +206,8 @@ func firstByte(body []byte) (byte, bool) {
 // (in that priority, matched like field names) holds an array of objects and
 // that has no lat, lon or location field, nor a coords or position object,
 // of its own — so a GeoJSON "coordinates": [lon, lat] or an item carrying a
-// "data" or "items" list stays one item. The other keys of a wrapper are ignored. A UTF-8 byte order mark is
+// "data" or "items" list stays one item. A device id of the wrapper goes to its
+// items that have none; its other keys are ignored. A UTF-8 byte order mark is
 // skipped.
 //
 // Errors: ErrEmpty for an empty body or an empty (wrapper) array,
@@ -258,6 +259,7 @@ func (d *Decoder) DecodeJSON(body []byte, now time.Time) (*Batch, error) {
 		}
 		if wrapped {
 			items = e.items
+			st.wrapDevice = st.wrapperDevice(st.members)
 		} else {
 			st.items = append(st.items[:0], s)
 			items, single = st.items, true
@@ -329,6 +331,29 @@ func newBatch(n int) *Batch {
 		return &one.b
 	}
 	return &Batch{Coords: make([]Coord, 0, n)}
+}
+
+// wrapperDevice returns the device id of a wrapper object's members ms, ""
+// when it has no valid one.
+func (st *itemState) wrapperDevice(ms []member) string {
+	var best pick
+	for i := range ms {
+		r, ok := st.d.lookup(ms[i].key)
+		if !ok || r.kind != roleField || r.field != fDevice || !ms[i].present() {
+			continue
+		}
+		if best.m == nil || r.rank < best.rank {
+			best = pick{m: &ms[i], rank: r.rank}
+		}
+	}
+	if best.m == nil {
+		return ""
+	}
+	id, why := deviceID(&best)
+	if why != "" {
+		return ""
+	}
+	return strings.Clone(id) // ms is reused for the items
 }
 
 // wrapper finds the array of a wrapper object (see DecodeJSON). ms are the
@@ -441,6 +466,9 @@ type itemState struct {
 	floats  []float64 // backing store of the optional measurements
 	chunk   int       // size of the next floats block
 	arena   []byte    // backing store of Raw
+	// wrapDevice is the device id a wrapper object gives its items
+	// ({"imei": ..., "points": [...]}), for those without their own.
+	wrapDevice string
 }
 
 var statePool = sync.Pool{New: func() any { return new(itemState) }}
@@ -466,7 +494,7 @@ func (st *itemState) setItems(n int) { st.chunk = min(5*n, 512) }
 // arena, which the coordinates point into) is dropped, never reused; what is
 // kept is cleared, so the pool holds no reference into a request.
 func (st *itemState) release() {
-	st.d, st.floats, st.arena = nil, nil, nil
+	st.d, st.floats, st.arena, st.wrapDevice = nil, nil, nil, ""
 	st.members = clearPooled(st.members, maxPooledMembers)
 	st.nested = clearPooled(st.nested, maxPooledMembers)
 	st.roles = clearPooled(st.roles, maxPooledMembers)
@@ -661,7 +689,11 @@ func (st *itemState) item(top []member, c *Coord) string {
 	// Required fields: every problem is reported.
 	var probs []string
 	if p := &picks[fDevice]; p.m == nil {
-		probs = append(probs, "device_id missing")
+		if st.wrapDevice != "" {
+			c.DeviceID = st.wrapDevice
+		} else {
+			probs = append(probs, "device_id missing")
+		}
 	} else if id, why := deviceID(p); why != "" {
 		probs = append(probs, why)
 	} else {

@@ -326,6 +326,18 @@ func TestDecodeAccentedSpanishNames(t *testing.T) {
 	}
 }
 
+// A wrapper's device id goes to its items that have none.
+func TestDecodeWrapperDeviceID(t *testing.T) {
+	d := newDecoder(t, Options{})
+	b, err := d.DecodeJSON([]byte(`{"imei":"356938035643809","points":[{"lat":20.5888,"lon":-100.3899,"ts":1772366340},{"imei":"other","lat":20.5890,"lon":-100.3901,"ts":1772366350}]}`), goldenNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Coords) != 2 || b.Coords[0].DeviceID != "356938035643809" || b.Coords[1].DeviceID != "other" {
+		t.Fatalf("coords %+v rejected %+v", b.Coords, b.Rejected)
+	}
+}
+
 func TestDecodeTimeMessages(t *testing.T) {
 	d := newDecoder(t, Options{})
 	tests := []struct{ value, want string }{
