@@ -108,10 +108,7 @@ func (s *Server) handleIngest(c echo.Context) error {
 	spooling := false
 	for {
 		spooling = s.mustSpool(devs)
-		wctx, cancel := context.WithTimeout(r.Context(), 2*s.opts.PublishTimeout+2*time.Second)
-		err := s.order.enter(wctx, devs, spooling)
-		cancel()
-		if err != nil {
+		if err := s.order.enter(r.Context(), 2*s.opts.PublishTimeout+2*time.Second, devs, spooling); err != nil {
 			return s.unavailable(c, "coordinates of the same device are still being stored; retry later")
 		}
 		if spooling || !s.mustSpool(devs) {

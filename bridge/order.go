@@ -2,9 +2,11 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"hash/maphash"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 )
@@ -30,6 +32,7 @@ type deviceOrder struct {
 type orderShard struct {
 	mu   sync.Mutex
 	devs map[string]*devTurn
+	free []*devTurn // idle states kept for reuse
 }
 
 // devTurn is one device's state: requests holding it and requests queued.
@@ -62,9 +65,12 @@ func (o *deviceOrder) shard(dev string) *orderShard {
 // request will append to the spool: it then waits for the devices' earlier
 // requests. A request that does not spool waits only behind queued or
 // spooling ones. On error (ctx ended) it holds nothing.
-func (o *deviceOrder) enter(ctx context.Context, devs []string, spool bool) error {
+//
+// A wait ends with ctx or after maxWait; the common case, no wait, sets up
+// no timer.
+func (o *deviceOrder) enter(ctx context.Context, maxWait time.Duration, devs []string, spool bool) error {
 	for i, dev := range devs {
-		if err := o.enterOne(ctx, dev, spool); err != nil {
+		if err := o.enterOne(ctx, maxWait, dev, spool); err != nil {
 			o.leave(devs[:i], spool)
 			return err
 		}
@@ -72,12 +78,19 @@ func (o *deviceOrder) enter(ctx context.Context, devs []string, spool bool) erro
 	return nil
 }
 
-func (o *deviceOrder) enterOne(ctx context.Context, dev string, spool bool) error {
+// errTurnTimeout ends a wait for a device's turn that lasted maxWait.
+var errTurnTimeout = errors.New("waited too long for the device's earlier requests")
+
+func (o *deviceOrder) enterOne(ctx context.Context, maxWait time.Duration, dev string, spool bool) error {
 	sh := o.shard(dev)
 	sh.mu.Lock()
 	t := sh.devs[dev]
 	if t == nil {
-		t = &devTurn{}
+		if n := len(sh.free); n > 0 {
+			t, sh.free = sh.free[n-1], sh.free[:n-1]
+		} else {
+			t = &devTurn{}
+		}
 		sh.devs[dev] = t
 	}
 	free := len(t.queue) == 0 && (t.active == 0 || !spool && t.spooling == 0)
@@ -90,10 +103,15 @@ func (o *deviceOrder) enterOne(ctx context.Context, dev string, spool bool) erro
 	t.queue = append(t.queue, w)
 	sh.mu.Unlock()
 
+	timer := time.NewTimer(maxWait)
+	defer timer.Stop()
+	err := errTurnTimeout
 	select {
 	case <-w.ch:
 		return nil
 	case <-ctx.Done():
+		err = ctx.Err()
+	case <-timer.C:
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -103,10 +121,19 @@ func (o *deviceOrder) enterOne(ctx context.Context, dev string, spool bool) erro
 	} else if i := slices.Index(t.queue, w); i >= 0 {
 		t.queue = slices.Delete(t.queue, i, i+1)
 		if t.active == 0 && len(t.queue) == 0 {
-			delete(sh.devs, dev)
+			sh.forget(dev, t)
 		}
 	}
-	return ctx.Err()
+	return err
+}
+
+// forget removes dev's idle state and keeps it for reuse. Lock held.
+func (sh *orderShard) forget(dev string, t *devTurn) {
+	delete(sh.devs, dev)
+	if len(sh.free) < 64 {
+		*t = devTurn{queue: t.queue[:0]}
+		sh.free = append(sh.free, t)
+	}
 }
 
 func (t *devTurn) hold(spool bool) {
@@ -154,7 +181,7 @@ func (o *deviceOrder) releaseLocked(sh *orderShard, dev string, t *devTurn, spoo
 		}
 	}
 	if t.active == 0 && len(t.queue) == 0 {
-		delete(sh.devs, dev)
+		sh.forget(dev, t)
 	}
 }
 
