@@ -105,20 +105,28 @@ func (s *Server) handleIngest(c echo.Context) error {
 	// and later ones wait for it: see deviceOrder.
 	var devBuf [1]string
 	devs := devicesOf(devBuf[:0], recs)
+	// IsConnected takes the connection's lock, which the flusher holds
+	// while it writes: it is asked once per request, again only after a
+	// wait.
+	connected := s.nc.IsConnected()
 	spooling := false
 	for {
-		spooling = s.mustSpool(devs)
-		if err := s.order.enter(r.Context(), 2*s.opts.PublishTimeout+2*time.Second, devs, spooling); err != nil {
+		spooling = s.mustSpool(devs, connected)
+		waited, err := s.order.enter(r.Context(), 2*s.opts.PublishTimeout+2*time.Second, devs, spooling)
+		if err != nil {
 			return s.unavailable(c, "coordinates of the same device are still being stored; retry later")
 		}
-		if spooling || !s.mustSpool(devs) {
+		if spooling || !waited {
+			break
+		}
+		if connected = s.nc.IsConnected(); !s.mustSpool(devs, connected) {
 			break
 		}
 		s.order.leave(devs, false) // NATS went away meanwhile: queue as a spooler
 	}
 	defer s.order.leave(devs, spooling)
 
-	if !s.nc.IsConnected() {
+	if !connected {
 		// Don't wait out a publish timeout when NATS is known to be away.
 		return s.answerSpooled(c, recs, PublishResult{}, rejected)
 	}
@@ -185,12 +193,13 @@ func (s *Server) handleIngest(c echo.Context) error {
 }
 
 // mustSpool reports whether a request for devs would go to the spool now:
-// NATS is away, or one of the devices has coordinates waiting there.
-func (s *Server) mustSpool(devs []string) bool {
+// NATS is away (not connected), or one of the devices has coordinates
+// waiting there.
+func (s *Server) mustSpool(devs []string, connected bool) bool {
 	if s.spool == nil {
 		return false // spool.mode reject: nothing to keep in order, a 503 at once
 	}
-	if !s.nc.IsConnected() {
+	if !connected {
 		return true
 	}
 	if s.spool.Empty() {

@@ -68,20 +68,24 @@ func (o *deviceOrder) shard(dev string) *orderShard {
 //
 // A wait ends with ctx or after maxWait; the common case, no wait, sets up
 // no timer.
-func (o *deviceOrder) enter(ctx context.Context, maxWait time.Duration, devs []string, spool bool) error {
+//
+// It reports whether it had to wait.
+func (o *deviceOrder) enter(ctx context.Context, maxWait time.Duration, devs []string, spool bool) (waited bool, err error) {
 	for i, dev := range devs {
-		if err := o.enterOne(ctx, maxWait, dev, spool); err != nil {
+		w, err := o.enterOne(ctx, maxWait, dev, spool)
+		if err != nil {
 			o.leave(devs[:i], spool)
-			return err
+			return true, err
 		}
+		waited = waited || w
 	}
-	return nil
+	return waited, nil
 }
 
 // errTurnTimeout ends a wait for a device's turn that lasted maxWait.
 var errTurnTimeout = errors.New("waited too long for the device's earlier requests")
 
-func (o *deviceOrder) enterOne(ctx context.Context, maxWait time.Duration, dev string, spool bool) error {
+func (o *deviceOrder) enterOne(ctx context.Context, maxWait time.Duration, dev string, spool bool) (waited bool, _ error) {
 	sh := o.shard(dev)
 	sh.mu.Lock()
 	t := sh.devs[dev]
@@ -97,7 +101,7 @@ func (o *deviceOrder) enterOne(ctx context.Context, maxWait time.Duration, dev s
 	if free {
 		t.hold(spool)
 		sh.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	w := &turnWaiter{ch: make(chan struct{}), spool: spool}
 	t.queue = append(t.queue, w)
@@ -108,7 +112,7 @@ func (o *deviceOrder) enterOne(ctx context.Context, maxWait time.Duration, dev s
 	err := errTurnTimeout
 	select {
 	case <-w.ch:
-		return nil
+		return true, nil
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timer.C:
@@ -124,7 +128,7 @@ func (o *deviceOrder) enterOne(ctx context.Context, maxWait time.Duration, dev s
 			sh.forget(dev, t)
 		}
 	}
-	return err
+	return true, err
 }
 
 // forget removes dev's idle state and keeps it for reuse. Lock held.

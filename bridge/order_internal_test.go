@@ -14,7 +14,7 @@ import (
 func entered(t *testing.T, o *deviceOrder, devs []string, spool bool) chan error {
 	t.Helper()
 	ch := make(chan error, 1)
-	go func() { ch <- o.enter(context.Background(), time.Minute, devs, spool) }()
+	go func() { _, err := o.enter(context.Background(), time.Minute, devs, spool); ch <- err }()
 	return ch
 }
 
@@ -74,7 +74,7 @@ func TestDeviceOrderWaitEndsWithContext(t *testing.T) {
 	goes(t, entered(t, o, a, false), "direct")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	if err := o.enter(ctx, time.Minute, a, true); err == nil {
+	if _, err := o.enter(ctx, time.Minute, a, true); err == nil {
 		t.Fatal("enter returned without the turn and without an error")
 	}
 	o.leave(a, false)
@@ -101,7 +101,7 @@ func TestDeviceOrderUnderLoad(t *testing.T) {
 				}
 				devs := devicesOfStrings(recsDevs)
 				spool := rand.IntN(3) == 0
-				if err := o.enter(context.Background(), time.Minute, devs, spool); err != nil {
+				if _, err := o.enter(context.Background(), time.Minute, devs, spool); err != nil {
 					t.Error(err)
 					return
 				}
@@ -156,7 +156,7 @@ func TestDeviceOrderWaitEndsAfterMaxWait(t *testing.T) {
 	o := newDeviceOrder()
 	a := []string{"a"}
 	goes(t, entered(t, o, a, false), "direct")
-	if err := o.enter(context.Background(), 20*time.Millisecond, a, true); err != errTurnTimeout {
+	if _, err := o.enter(context.Background(), 20*time.Millisecond, a, true); err != errTurnTimeout {
 		t.Fatalf("enter = %v, want errTurnTimeout", err)
 	}
 	o.leave(a, false)
@@ -170,7 +170,7 @@ func BenchmarkDeviceOrderEnterLeave(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := o.enter(ctx, time.Minute, devs, false); err != nil {
+		if _, err := o.enter(ctx, time.Minute, devs, false); err != nil {
 			b.Fatal(err)
 		}
 		o.leave(devs, false)

@@ -29,7 +29,7 @@ func TestDeviceOrderWithTimeouts(t *testing.T) {
 				devs := devicesOfStrings(ids)
 				spool := rand.IntN(3) == 0
 				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(400))*time.Microsecond)
-				err := o.enter(ctx, time.Minute, devs, spool)
+				_, err := o.enter(ctx, time.Minute, devs, spool)
 				cancel()
 				if err != nil {
 					mu.Lock()
@@ -86,7 +86,7 @@ func TestDeviceOrderWithTimeouts(t *testing.T) {
 	// Nothing is held: every device must be free for a spooler at once.
 	for i := 0; i < 5; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		if err := o.enter(ctx, time.Minute, []string{fmt.Sprint("d", i)}, true); err != nil {
+		if _, err := o.enter(ctx, time.Minute, []string{fmt.Sprint("d", i)}, true); err != nil {
 			t.Errorf("d%d not free after every request left: %v", i, err)
 		}
 		cancel()
