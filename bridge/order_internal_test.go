@@ -2,9 +2,6 @@ package bridge
 
 import (
 	"context"
-	"fmt"
-	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
@@ -80,68 +77,6 @@ func TestDeviceOrderWaitEndsWithContext(t *testing.T) {
 	o.leave(a, false)
 	// The abandoned waiter left no trace: the next spooler goes at once.
 	goes(t, entered(t, o, a, true), "spooler after an abandoned wait")
-}
-
-// Many requests over overlapping device sets, spooling or not, never
-// deadlock, and a spooler never holds a device together with another
-// request of that device.
-func TestDeviceOrderUnderLoad(t *testing.T) {
-	o := newDeviceOrder()
-	var mu sync.Mutex
-	holders := map[string][2]int{} // device -> [direct, spooling]
-	var wg sync.WaitGroup
-	for g := 0; g < 16; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 300; i++ {
-				var recsDevs []string
-				for range 1 + rand.IntN(4) {
-					recsDevs = append(recsDevs, fmt.Sprint("d", rand.IntN(6)))
-				}
-				devs := devicesOfStrings(recsDevs)
-				spool := rand.IntN(3) == 0
-				if _, err := o.enter(context.Background(), time.Minute, devs, spool); err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				for _, d := range devs {
-					h := holders[d]
-					if spool && (h[0] > 0 || h[1] > 0) || !spool && h[1] > 0 {
-						t.Errorf("device %s: %v held while a request (spool %v) entered", d, h, spool)
-					}
-					if spool {
-						h[1]++
-					} else {
-						h[0]++
-					}
-					holders[d] = h
-				}
-				mu.Unlock()
-				time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
-				mu.Lock()
-				for _, d := range devs {
-					h := holders[d]
-					if spool {
-						h[1]--
-					} else {
-						h[0]--
-					}
-					holders[d] = h
-				}
-				mu.Unlock()
-				o.leave(devs, spool)
-			}
-		}()
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("deadlock: requests still waiting after 60s")
-	}
 }
 
 func devicesOfStrings(ids []string) []string {

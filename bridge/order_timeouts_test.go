@@ -9,8 +9,9 @@ import (
 	"time"
 )
 
-// Like TestDeviceOrderUnderLoad, with waits that time out (the handler's
-// wctx), to look for a lost grant, a leaked map entry or a broken exclusion.
+// Many requests over overlapping device sets, spooling or not, some of
+// whose waits end early: no deadlock, no lost grant, no leaked map entry,
+// and a spooler never holds a device together with another request of it.
 func TestDeviceOrderWithTimeouts(t *testing.T) {
 	o := newDeviceOrder()
 	var mu sync.Mutex
