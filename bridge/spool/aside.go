@@ -14,8 +14,12 @@ import (
 // per line, so they leave the replay without being lost.
 const AsideFile = "set-aside.jsonl"
 
-// asideLockFile is the lock file of LockAside.
-const asideLockFile = "set-aside.lock"
+// asideLockFile is the lock file of LockAside; dirLockFile the one an open
+// spool holds.
+const (
+	asideLockFile = "set-aside.lock"
+	dirLockFile   = "spool.lock"
+)
 
 // AsideRecord is one line of AsideFile. Data is the message body (canonical
 // JSON) as it would have been published.

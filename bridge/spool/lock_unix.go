@@ -33,3 +33,31 @@ func LockAside(dir string) (unlock func(), err error) {
 		f.Close()
 	}, nil
 }
+
+// lockDir takes dir's spool lock, held while the spool is open: two bridges
+// on one spool.dir would each append and replay its segments, and replay
+// or drop each other's records.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(dir, dirLockFile), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("spool dir %s: lock: %w", dir, err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err == syscall.EWOULDBLOCK {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s is in use by another bridge; give each bridge a spool.dir of its own", ErrLocked, dir)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("spool dir %s: lock: %w", dir, err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}

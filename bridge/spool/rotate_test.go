@@ -1,7 +1,9 @@
 package spool
 
 import (
+	"errors"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -53,4 +55,25 @@ func TestSpoolRecoversAfterAFailedRotation(t *testing.T) {
 	if last := recs[len(recs)-1]; last.MsgID != want.MsgID {
 		t.Fatalf("last record %q, want %q", last.MsgID, want.MsgID)
 	}
+}
+
+// Two bridges on one spool.dir would replay and drop each other's records:
+// the second Open is refused until the first spool is closed.
+func TestSpoolDirIsLockedWhileOpen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, 0); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "spool.dir") {
+		t.Fatalf("second Open: %v, want ErrLocked naming spool.dir", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(dir, 0)
+	if err != nil {
+		t.Fatalf("Open after Close: %v", err)
+	}
+	s2.Close()
 }

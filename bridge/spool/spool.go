@@ -41,6 +41,9 @@ type Record struct {
 // ErrFull is returned by Append when the spool would exceed its size limit.
 var ErrFull = errors.New("spool full")
 
+// ErrLocked is returned by Open when another process has the spool dir open.
+var ErrLocked = errors.New("spool dir locked")
+
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("spool closed")
 
@@ -59,7 +62,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type Spool struct {
 	dir      string
 	maxBytes int64
-	segSize  int64 // rotate segments past this size
+	segSize  int64  // rotate segments past this size
+	unlock   func() // releases the spool dir's lock (lockDir)
 
 	asideMu sync.Mutex // serialises SetAside
 
@@ -88,8 +92,18 @@ func Open(dir string, maxBytes int64) (*Spool, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("spool dir %s: %w", dir, err)
 	}
-	s := &Spool{dir: dir, maxBytes: maxBytes, segSize: defaultSegmentSize}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Spool{dir: dir, maxBytes: maxBytes, segSize: defaultSegmentSize, unlock: unlock}
 	s.cond = sync.NewCond(&s.mu)
+	ok := false
+	defer func() {
+		if !ok {
+			unlock()
+		}
+	}()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("spool dir %s: %w", dir, err)
@@ -151,6 +165,7 @@ func Open(dir string, maxBytes int64) (*Spool, error) {
 	if err := syncDir(dir); err != nil {
 		return nil, err
 	}
+	ok = true
 	return s, nil
 }
 
@@ -459,7 +474,9 @@ func (s *Spool) Close() error {
 	}
 	s.closed = true
 	s.cond.Broadcast()
-	return s.w.Close()
+	err := s.w.Close()
+	s.unlock()
+	return err
 }
 
 func syncDir(dir string) error {
