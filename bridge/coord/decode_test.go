@@ -227,7 +227,13 @@ func TestDecodeTimes(t *testing.T) {
 		{"negative epoch", `-5`, "", ""},
 		{"words", `"yesterday"`, "", ""},
 		{"no such day", `"2026-02-30T10:00:00Z"`, "", ""},
-		{"no seconds", `"2026-03-01 05:59"`, "", ""},
+		{"to the minute", `"2026-03-01 05:59"`, "2026-03-01T11:59:00Z", "2026-03-01T05:59:00Z"},
+		{"to the minute, T", `"2026-03-01T05:59"`, "2026-03-01T11:59:00Z", "2026-03-01T05:59:00Z"},
+		{"DD/MM/YYYY to the minute", `"01/03/2026 05:59"`, "2026-03-01T11:59:00Z", "2026-03-01T05:59:00Z"},
+		{".NET JSON date", `"/Date(1772366340000)/"`, "2026-03-01T11:59:00Z", ""},
+		{".NET JSON date with its offset", `"/Date(1772366340000-0600)/"`, "2026-03-01T11:59:00Z", ""},
+		{".NET JSON date, garbage", `"/Date(abc)/"`, "", ""},
+		{"hours only", `"2026-03-01 05"`, "", ""},
 		{"US order month 13", `"03/13/2026 05:59:00"`, "", ""},
 		{"bad zone", `"2026-03-01T05:59:00 CST"`, "", ""},
 		{"boolean", `true`, "", ""},
@@ -341,7 +347,7 @@ func TestDecodeWrapperDeviceID(t *testing.T) {
 func TestDecodeTimeMessages(t *testing.T) {
 	d := newDecoder(t, Options{})
 	tests := []struct{ value, want string }{
-		{`"yesterday"`, `timestamp "yesterday" is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM:SS, DD/MM/YYYY HH:MM:SS, or Unix seconds or milliseconds)`},
+		{`"yesterday"`, `timestamp "yesterday" is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM[:SS], DD/MM/YYYY HH:MM[:SS], /Date(ms)/, or Unix seconds or milliseconds)`},
 		{`true`, `timestamp must be a string or a number, got a boolean`},
 		{`"2026-03-01T12:10:01Z"`, `timestamp "2026-03-01T12:10:01Z" is 10m1s ahead of the receive time (max 10m0s)`},
 		{`1772367001`, `timestamp 1772367001 is 10m1s ahead of the receive time (max 10m0s)`},
@@ -683,7 +689,7 @@ func TestDecodeRejections(t *testing.T) {
 		{"huge value is cut", `{"device_id": "r", "lat": "` + strings.Repeat("9", 500) + `x", "lon": 2}`,
 			`lat "` + strings.Repeat("9", 64) + `…" is not a number`},
 		{"everything wrong", `{"device_id": [], "lat": "a", "lon": 999, "ts": "never"}`,
-			`device_id must be a string or a number, got an array; lat "a" is not a number; lon 999 out of range [-180, 180]; ts "never" is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM:SS, DD/MM/YYYY HH:MM:SS, or Unix seconds or milliseconds)`},
+			`device_id must be a string or a number, got an array; lat "a" is not a number; lon 999 out of range [-180, 180]; ts "never" is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM[:SS], DD/MM/YYYY HH:MM[:SS], /Date(ms)/, or Unix seconds or milliseconds)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -172,11 +172,37 @@ func parseTime(s string, loc *time.Location) (time.Time, bool) {
 		t, err := time.Parse(layout, s)
 		return t, err == nil
 	}
+	if len(s) == 16 && s[4] == '-' && s[7] == '-' && s[13] == ':' && (s[10] == ' ' || s[10] == 'T') {
+		// YYYY-MM-DD HH:MM: a time to the minute.
+		t, err := time.ParseInLocation("2006-01-02 15:04", s[:10]+" "+s[11:], loc)
+		return t, err == nil
+	}
+	if strings.HasPrefix(s, "/Date(") && strings.HasSuffix(s, ")/") {
+		return dotNetDate(s[len("/Date(") : len(s)-len(")/")])
+	}
 	if strings.IndexByte(s, '/') > 0 {
 		t, err := time.ParseInLocation("2/1/2006 15:04:05", s, loc)
+		if err != nil {
+			t, err = time.ParseInLocation("2/1/2006 15:04", s, loc) // to the minute
+		}
 		return t, err == nil
 	}
 	return time.Time{}, false
+}
+
+// dotNetDate reads the inside of .NET's JSON date, "/Date(1772366340000)/"
+// or "/Date(1772366340000-0600)/": Unix milliseconds (UTC), then an offset
+// that only says where the sender was.
+func dotNetDate(s string) (time.Time, bool) {
+	if i := strings.IndexAny(s[min(1, len(s)):], "+-"); i >= 0 {
+		s = s[:i+min(1, len(s))]
+	}
+	ms, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	t := time.UnixMilli(ms).UTC()
+	return t, !t.Before(minEpochTime)
 }
 
 // percentOf reads a battery level: a percent in [0, 100], or a fraction in
