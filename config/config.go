@@ -110,6 +110,7 @@ type Spool struct {
 type Ingest struct {
 	DefaultTimezone string              `mapstructure:"default_timezone"`
 	MaxFuture       time.Duration       `mapstructure:"max_future"`
+	BatteryScale    string              `mapstructure:"battery_scale"`
 	Aliases         map[string][]string `mapstructure:"aliases"`
 }
 

@@ -116,6 +116,7 @@ var Keys = []Key{
 	// Ingest decoding.
 	{Name: "ingest.default_timezone", Default: "UTC", Usage: "zone for timestamps that carry none (IANA name)", Only: bins(Bridge)},
 	{Name: "ingest.max_future", Default: 10 * time.Minute, Usage: "fixes further in the future than this are rejected", Only: bins(Bridge)},
+	{Name: "ingest.battery_scale", Default: "auto", Usage: "how a battery level without % is read: percent (0-100), fraction (0-1), or auto (a value in [0, 1] with a decimal point is a fraction)", Only: bins(Bridge)},
 	{Name: "ingest.aliases", Default: map[string][]string{}, Usage: "extra source field names per canonical field (file only), e.g. lat: [gps_lat]", Only: bins(Bridge)},
 
 	// Persister.

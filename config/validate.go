@@ -54,6 +54,11 @@ func (c *Config) Validate(b Binary) error {
 			v.bad("ingest.default_timezone", c.Ingest.DefaultTimezone, "unknown time zone (use an IANA name such as America/Mexico_City)")
 		}
 		v.duration("ingest.max_future", c.Ingest.MaxFuture)
+		switch c.Ingest.BatteryScale {
+		case "auto", "percent", "fraction":
+		default:
+			v.bad("ingest.battery_scale", c.Ingest.BatteryScale, "must be auto, percent or fraction")
+		}
 		v.positive("http.max_in_flight", int64(c.HTTP.MaxInFlight))
 		if c.HTTP.RateLimit < 0 {
 			v.bad("http.rate_limit", c.HTTP.RateLimit, "must be 0 (off) or positive")

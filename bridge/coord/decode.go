@@ -60,6 +60,11 @@ type Options struct {
 	// later one rejects the coordinate. 0 means DefaultMaxFuture; negative
 	// is an error.
 	MaxFuture time.Duration
+	// BatteryScale says how a battery level without a "%" is read:
+	// "percent" (0–100), "fraction" (0–1, times 100), or "auto" or "" (a
+	// percent, but a value in [0, 1] written with a decimal point or an
+	// exponent is a fraction). Anything else is an error.
+	BatteryScale string
 	// IgnoreKeys are form and query keys dropped before decoding, so they
 	// reach neither attrs nor raw (a secret passed as ?token=). They are
 	// matched like field names. nil means {"token"}; an empty non-nil slice
@@ -74,6 +79,7 @@ type Decoder struct {
 	loc       *time.Location
 	maxItems  int
 	maxFuture time.Duration
+	battery   batteryScale
 	roles     map[string]role
 	ignore    map[string]bool
 }
@@ -88,11 +94,22 @@ func NewDecoder(o Options) (*Decoder, error) {
 	if o.MaxFuture < 0 {
 		return nil, fmt.Errorf("max future %s is negative", o.MaxFuture)
 	}
+	var battery batteryScale
+	switch o.BatteryScale {
+	case "", "auto":
+		battery = batteryAuto
+	case "percent":
+		battery = batteryPercent
+	case "fraction":
+		battery = batteryFraction
+	default:
+		return nil, fmt.Errorf("battery scale %q: want auto, percent or fraction", o.BatteryScale)
+	}
 	roles, err := buildRoles(o.Aliases)
 	if err != nil {
 		return nil, err
 	}
-	d := &Decoder{loc: o.Location, maxItems: o.MaxItems, maxFuture: o.MaxFuture, roles: roles}
+	d := &Decoder{loc: o.Location, maxItems: o.MaxItems, maxFuture: o.MaxFuture, battery: battery, roles: roles}
 	if d.loc == nil {
 		d.loc = time.UTC
 	}
@@ -797,7 +814,7 @@ func (st *itemState) item(top []member, c *Coord) string {
 		}
 	}
 	if p := &picks[fBattery]; p.m != nil {
-		if v, ok := percentOf(p.m); ok {
+		if v, ok := percentOf(p.m, st.d.battery); ok {
 			c.BatteryPct = st.float(v)
 			p.m.used = true
 		}

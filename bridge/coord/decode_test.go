@@ -491,6 +491,34 @@ func TestDecodeBattery(t *testing.T) {
 	}
 }
 
+// With ingest.battery_scale set, the sender's scale is known: "1.0" from a
+// percent sender is 1 %, "1" from a fraction sender is 100 %.
+func TestDecodeBatteryScale(t *testing.T) {
+	for _, tt := range []struct {
+		scale, value string
+		want         *float64
+	}{
+		{"percent", `1.0`, fp(1)},
+		{"percent", `0.5`, fp(0.5)},
+		{"percent", `87`, fp(87)},
+		{"percent", `"0.5%"`, fp(0.5)},
+		{"fraction", `1`, fp(100)},
+		{"fraction", `0.87`, fp(87)},
+		{"fraction", `0`, fp(0)},
+		{"fraction", `87`, nil}, // not a fraction: kept in attrs
+		{"fraction", `"87%"`, fp(87)},
+	} {
+		d := newDecoder(t, Options{BatteryScale: tt.scale})
+		c := decodeOne(t, d, `{"device_id": "b", "lat": 1, "lon": 1, "battery": `+tt.value+`}`)
+		if fpString(c.BatteryPct) != fpString(tt.want) {
+			t.Errorf("%s %s: battery_pct = %s, want %s", tt.scale, tt.value, fpString(c.BatteryPct), fpString(tt.want))
+		}
+	}
+	if _, err := NewDecoder(Options{BatteryScale: "per-mille"}); err == nil {
+		t.Error("an unknown battery scale was accepted")
+	}
+}
+
 // TestDecodeSpeed: km/h by default; unit fields and unit-named fields
 // convert; an unknown unit leaves speed and unit in attrs.
 func TestDecodeSpeed(t *testing.T) {

@@ -205,10 +205,20 @@ func dotNetDate(s string) (time.Time, bool) {
 	return t, !t.Before(minEpochTime)
 }
 
-// percentOf reads a battery level: a percent in [0, 100], or a fraction in
-// [0, 1] when written with a decimal point or exponent (0.87, "1.0"), or a
-// string with a trailing "%" (always a percent).
-func percentOf(m *member) (float64, bool) {
+// batteryScale is how a battery level without "%" is read (Options).
+type batteryScale uint8
+
+const (
+	batteryAuto batteryScale = iota
+	batteryPercent
+	batteryFraction
+)
+
+// percentOf reads a battery level as a percent in [0, 100]. A string with a
+// trailing "%" is always a percent. Otherwise scale says: a percent, a
+// fraction in [0, 1], or (auto) a percent unless a value in [0, 1] written
+// with a decimal point or exponent (0.87, "1.0"), which is a fraction.
+func percentOf(m *member, scale batteryScale) (float64, bool) {
 	text, why := numberText(m)
 	pct := false
 	if why != "" {
@@ -229,7 +239,14 @@ func percentOf(m *member) (float64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	if !pct && v >= 0 && v <= 1 && (strings.IndexByte(text, '.') >= 0 || indexExp(text) >= 0) {
+	switch {
+	case pct || scale == batteryPercent:
+	case scale == batteryFraction:
+		if !(v >= 0 && v <= 1) {
+			return 0, false
+		}
+		v = times100(text, v)
+	case v >= 0 && v <= 1 && (strings.IndexByte(text, '.') >= 0 || indexExp(text) >= 0):
 		v = times100(text, v)
 	}
 	if !(v >= 0 && v <= 100) {

@@ -137,9 +137,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		BasicPassword:     cfg.Auth.BasicPassword,
 		AccessLog:         cfg.Log.Access,
 		Decode: coord.Options{
-			Location:  cfg.Ingest.Location(),
-			Aliases:   cfg.Ingest.Aliases,
-			MaxFuture: cfg.Ingest.MaxFuture,
+			Location:     cfg.Ingest.Location(),
+			Aliases:      cfg.Ingest.Aliases,
+			MaxFuture:    cfg.Ingest.MaxFuture,
+			BatteryScale: cfg.Ingest.BatteryScale,
 		},
 		Stream:       cli.CoordsConfig(cfg.Stream),
 		ManageStream: cfg.Stream.Manage,
