@@ -923,9 +923,16 @@ func (m *member) present() bool {
 	case kindNull:
 		return false
 	case kindString:
-		return strings.TrimSpace(m.str()) != ""
+		return !nullText(strings.TrimSpace(m.str()))
 	}
 	return true
+}
+
+// nullText reports whether a string value stands for no value: empty, or a
+// null written as text ("null", "undefined"), as query strings and forms
+// carry a sender's null.
+func nullText(s string) bool {
+	return s == "" || strings.EqualFold(s, "null") || strings.EqualFold(s, "undefined")
 }
 
 // value returns m as an attrs value.

@@ -344,6 +344,24 @@ func TestDecodeWrapperDeviceID(t *testing.T) {
 	}
 }
 
+// A null written as text ("null", "undefined"), as a query string carries
+// a sender's null, counts as no value: no device called "null", a time
+// "null" is a missing time.
+func TestDecodeNullAsText(t *testing.T) {
+	d := newDecoder(t, Options{})
+	u, _ := url.ParseQuery("imei=null&deviceId=u7&lat=20.5888&lon=-100.3899&fechaHora=null")
+	b, err := d.DecodeValues(u, goldenNow)
+	if err != nil || len(b.Coords) != 1 {
+		t.Fatalf("err %v, batch %+v", err, b)
+	}
+	if c := b.Coords[0]; c.DeviceID != "u7" || !c.TSMissing {
+		t.Errorf("device %q (want u7 from the next alias), ts missing %v (want true)", c.DeviceID, c.TSMissing)
+	}
+	if msg := decodeRejected(t, d, `{"device_id":"undefined","lat":1,"lon":2}`); !strings.Contains(msg, "device_id missing") {
+		t.Errorf("message %q", msg)
+	}
+}
+
 func TestDecodeTimeMessages(t *testing.T) {
 	d := newDecoder(t, Options{})
 	tests := []struct{ value, want string }{
