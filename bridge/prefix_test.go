@@ -2,12 +2,10 @@ package bridge_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge"
-	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
 )
 
 // After a restart with another stream.subject_prefix (stream.manage moves
@@ -16,22 +14,7 @@ import (
 // would fail for ever, with the device's new coordinates spooled behind.
 func TestSpoolReplayAfterSubjectPrefixChange(t *testing.T) {
 	e := newEnv(t, nil)
-	dir := t.TempDir()
-	sp, err := spool.Open(dir, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := e.newServer(t, sp, nil)
-	base, stop := runServer(t, srv)
-	waitReady(t, base, true)
-	e.nats.Stop()
-	waitReady(t, base, false)
-	for i := 0; i < 3; i++ {
-		if code, _ := postTo(t, base, fmt.Sprintf(`{"device_id":"p","lat":1,"lon":%d,"ts":%d}`, i, 1772359200+i)); code != 202 {
-			t.Fatalf("code %d", code)
-		}
-	}
-	stop()
+	sp, _ := spoolWhileDown(t, e, "p", 3)
 	e.nats = e.nats.Restart(t)
 	for !e.nc.IsConnected() {
 		time.Sleep(5 * time.Millisecond)

@@ -136,10 +136,12 @@ func TestSpoolWhileNATSDownThenReplay(t *testing.T) {
 	}
 }
 
-// A spool written by one bridge process is replayed by the next.
-func TestSpoolReplayedAfterRestart(t *testing.T) {
-	e := newEnv(t, nil)
-	dir := t.TempDir()
+// spoolWhileDown runs a bridge on a new spool in a temporary dir, stops
+// NATS, posts n coordinates of device (each must be answered 202, spooled)
+// and stops the bridge. NATS stays down; the spool stays open.
+func spoolWhileDown(t *testing.T, e *env, device string, n int) (sp *spool.Spool, dir string) {
+	t.Helper()
+	dir = t.TempDir()
 	sp, err := spool.Open(dir, 1<<20)
 	if err != nil {
 		t.Fatal(err)
@@ -149,12 +151,19 @@ func TestSpoolReplayedAfterRestart(t *testing.T) {
 	waitReady(t, base, true)
 	e.nats.Stop()
 	waitReady(t, base, false)
-	for i := 0; i < 10; i++ {
-		if code, _ := postTo(t, base, fmt.Sprintf(`{"device_id":"r","lat":1,"lon":%d,"ts":%d}`, i, 1772359200+i)); code != 202 {
-			t.Fatalf("code %d", code)
+	for i := 0; i < n; i++ {
+		if code, _ := postTo(t, base, fmt.Sprintf(`{"device_id":%q,"lat":1,"lon":%d,"ts":%d}`, device, i, 1772359200+i)); code != 202 {
+			t.Fatalf("coordinate %d answered %d, want 202 (spooled)", i, code)
 		}
 	}
 	stop()
+	return sp, dir
+}
+
+// A spool written by one bridge process is replayed by the next.
+func TestSpoolReplayedAfterRestart(t *testing.T) {
+	e := newEnv(t, nil)
+	sp, dir := spoolWhileDown(t, e, "r", 10)
 	sp.Close()
 
 	e.nats = e.nats.Restart(t)
