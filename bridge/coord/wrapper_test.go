@@ -5,12 +5,9 @@ import (
 	"time"
 )
 
-// DESIGN.md allows nested coords/location/position objects. An item whose
-// position is in such an object and that also carries a "data", "items" or
-// "points" array of objects (form answers, IO readings, ...) is taken for a
-// wrapper: its own coordinate is dropped and the array elements are
-// rejected one by one. Only "location" (and top-level lat/lon) keep an item
-// from being read as a wrapper.
+// An item with its position in a coords or position object that also
+// carries a "data", "items" or "points" array is one item, not a wrapper
+// (as with location or top-level lat/lon).
 func TestNestedPositionItemIsNotAWrapper(t *testing.T) {
 	d, err := NewDecoder(Options{MaxItems: 1000})
 	if err != nil {

@@ -28,11 +28,10 @@ func (k *racyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, 
 	return e, err
 }
 
-// Get finds no state; another instance then writes one; deletedRev reads
-// the last message of the key, which is now that instance's value, not a
-// delete marker, and the write expecting its sequence overwrites it with a
-// state evaluated from scratch. Before deletedRev the write expected 0,
-// conflicted, and was evaluated again on the other instance's state.
+// Get finds no state, then another instance writes one: the key's last
+// message is that value, not a delete marker, so the write must conflict and
+// the device be evaluated again on the other instance's state, never
+// overwrite it with a state evaluated from scratch.
 func TestDeletedRevNeverOverwritesAConcurrentCreate(t *testing.T) {
 	h := newHarness(t, "rules:"+depotRule)
 	ctx := context.Background()

@@ -8,12 +8,9 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// R1. A replay whose range starts while a device's battery is already low
-// (alerted live before the range) raises battery_low again: the replay's
-// fresh state sees the first low fix as a new episode, its fix time is after
-// the live "emitted" mark, so the guard lets it through and the webhook is
-// notified a second time for the same episode. Same for an overspeed
-// episode already open at the start of the range.
+// A replay whose range starts inside a battery-low and an overspeed episode
+// the live alerter announced and still holds open publishes (and notifies)
+// neither again.
 func TestReplayStartingMidEpisodeDoesNotAlertAgain(t *testing.T) {
 	h := newHarness(t, `
 rules:

@@ -7,15 +7,10 @@ import (
 	"time"
 )
 
-// The server redelivers a message the forwarder still holds (an InProgress
-// lost in a reconnect); the copy waits in the runtime for a slot and is
-// dispatched the moment an ack frees one, e.g. the ack of the next message
-// of the same unit, i.e. while targetRun.settle is still running and before
-// sched.done removed the message from bySeq. add then appends the copy's
-// Settle to h.settles, which settle has already ranged over, and done
-// forgets the message: the copy is never settled. Its runtime slot
-// (MaxAckPending in all) and its inflight entry leak for good; the drain
-// waits for it until its deadline.
+// A copy of a held message (the server redelivered it: an InProgress lost in
+// a reconnect) can join it while its unit is being settled, after settle
+// walked the message's settles. done settles such a copy; left unsettled,
+// it would hold one of MaxAckPending runtime slots for good.
 func TestSchedulerSettlesACopyThatArrivesDuringSettle(t *testing.T) {
 	s := newScheduler(10, time.Minute, nil, nil) // batch format: one unit, two devices
 	r := &targetRun{sched: s}
