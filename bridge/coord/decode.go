@@ -1110,7 +1110,7 @@ func (st *itemState) timeOf(p *pick) (time.Time, string) {
 		return t, p.name() + " " + m.describe() + " is not a plausible Unix time (before 2000): send the fix time as Unix seconds or milliseconds, or as text with its date"
 	}
 	if !ok {
-		return t, p.name() + " " + m.describe() + " is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM[:SS], DD/MM/YYYY HH:MM[:SS], /Date(ms)/, or Unix seconds or milliseconds)"
+		return t, p.name() + " " + m.describe() + " is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM[:SS] or DD/MM/YYYY HH:MM[:SS] on a 24-hour clock or with a.m./p.m., /Date(ms)/, or Unix seconds or milliseconds)"
 	}
 	t = t.UTC()
 	if ahead := t.Sub(st.now); ahead > st.d.maxFuture {

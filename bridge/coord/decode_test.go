@@ -233,6 +233,18 @@ func TestDecodeTimes(t *testing.T) {
 		{".NET JSON date", `"/Date(1772366340000)/"`, "2026-03-01T11:59:00Z", ""},
 		{".NET JSON date with its offset", `"/Date(1772366340000-0600)/"`, "2026-03-01T11:59:00Z", ""},
 		{".NET JSON date, garbage", `"/Date(abc)/"`, "", ""},
+		{"12-hour clock, a. m. (es-MX)", `"01/03/2026 05:59:00 a. m."`, "2026-03-01T11:59:00Z", "2026-03-01T05:59:00Z"},
+		{"12-hour clock, p. m. (es-MX)", `"28/02/2026 05:59:00 p. m."`, "2026-02-28T23:59:00Z", "2026-02-28T17:59:00Z"},
+		{"12-hour clock, one-digit hour and no-break spaces (ICU)", `"28/2/2026 5:59:00\u00a0p.\u00a0m."`, "2026-02-28T23:59:00Z", "2026-02-28T17:59:00Z"},
+		{"12-hour clock, narrow no-break space and PM", `"2026-02-28 5:59:00\u202fPM"`, "2026-02-28T23:59:00Z", "2026-02-28T17:59:00Z"},
+		{"12-hour clock, pm without a space, to the minute", `"2026-02-28 05:59pm"`, "2026-02-28T23:59:00Z", "2026-02-28T17:59:00Z"},
+		{"12-hour clock, a.m. with a fraction", `"2026-03-01T05:59:00.5 a.m."`, "2026-03-01T11:59:00.5Z", "2026-03-01T05:59:00.5Z"},
+		{"12 a.m. is midnight", `"01/03/2026 12:30:00 AM"`, "2026-03-01T06:30:00Z", "2026-03-01T00:30:00Z"},
+		{"12 p.m. is noon", `"28/02/2026 12:30:00 PM"`, "2026-02-28T18:30:00Z", "2026-02-28T12:30:00Z"},
+		{"12-hour clock, hour 13", `"01/03/2026 13:30:00 p. m."`, "", ""},
+		{"12-hour clock, hour 0", `"01/03/2026 00:30:00 a. m."`, "", ""},
+		{"12-hour clock with a zone", `"2026-03-01T05:59:00-06:00 PM"`, "", ""},
+		{"a marker alone", `"p. m."`, "", ""},
 		{"hours only", `"2026-03-01 05"`, "", ""},
 		{"US order month 13", `"03/13/2026 05:59:00"`, "", ""},
 		{"bad zone", `"2026-03-01T05:59:00 CST"`, "", ""},
@@ -365,7 +377,7 @@ func TestDecodeNullAsText(t *testing.T) {
 func TestDecodeTimeMessages(t *testing.T) {
 	d := newDecoder(t, Options{})
 	tests := []struct{ value, want string }{
-		{`"yesterday"`, `timestamp "yesterday" is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM[:SS], DD/MM/YYYY HH:MM[:SS], /Date(ms)/, or Unix seconds or milliseconds)`},
+		{`"yesterday"`, `timestamp "yesterday" is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM[:SS] or DD/MM/YYYY HH:MM[:SS] on a 24-hour clock or with a.m./p.m., /Date(ms)/, or Unix seconds or milliseconds)`},
 		{`true`, `timestamp must be a string or a number, got a boolean`},
 		{`"2026-03-01T12:10:01Z"`, `timestamp "2026-03-01T12:10:01Z" is 10m1s ahead of the receive time (max 10m0s)`},
 		{`1772367001`, `timestamp 1772367001 is 10m1s ahead of the receive time (max 10m0s)`},
@@ -735,7 +747,7 @@ func TestDecodeRejections(t *testing.T) {
 		{"huge value is cut", `{"device_id": "r", "lat": "` + strings.Repeat("9", 500) + `x", "lon": 2}`,
 			`lat "` + strings.Repeat("9", 64) + `…" is not a number`},
 		{"everything wrong", `{"device_id": [], "lat": "a", "lon": 999, "ts": "never"}`,
-			`device_id must be a string or a number, got an array; lat "a" is not a number; lon 999 out of range [-180, 180]; ts "never" is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM[:SS], DD/MM/YYYY HH:MM[:SS], /Date(ms)/, or Unix seconds or milliseconds)`},
+			`device_id must be a string or a number, got an array; lat "a" is not a number; lon 999 out of range [-180, 180]; ts "never" is not a recognised time (want RFC 3339, YYYY-MM-DD HH:MM[:SS] or DD/MM/YYYY HH:MM[:SS] on a 24-hour clock or with a.m./p.m., /Date(ms)/, or Unix seconds or milliseconds)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

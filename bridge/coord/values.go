@@ -131,8 +131,92 @@ var isoLayouts = [2][4]string{
 // parseTime reads the textual time forms: RFC 3339 (any fraction, Z or
 // offset; a space may stand for the T, and ±hhmm or ±hh for ±hh:mm),
 // YYYY-MM-DD[T ]HH:MM:SS[.fff] without a zone and DD/MM/YYYY HH:MM:SS[.fff]
-// (both in loc).
+// (both in loc), those two also to the minute and on a 12-hour clock
+// (parse12h).
 func parseTime(s string, loc *time.Location) (time.Time, bool) {
+	if rest, pm, ok := cutMeridiem(s); ok {
+		return parse12h(rest, pm, loc)
+	}
+	return parse24h(s, loc)
+}
+
+// parse12h reads a zone-less time s on a 12-hour clock whose a.m. or p.m.
+// marker was cut off: its hour must be 1 to 12, and 12 a.m. is midnight.
+// Windows and .NET write times so in Mexico: "27/11/2026 03:15:22 p. m.".
+func parse12h(s string, pm bool, loc *time.Location) (time.Time, bool) {
+	// A 12-hour clock often writes the hour with one digit: "3:15:22".
+	if sp := strings.LastIndexAny(s, " T"); sp >= 0 && strings.IndexByte(s[sp+1:], ':') == 1 {
+		s = s[:sp+1] + "0" + s[sp+1:]
+	}
+	t, ok := parse24h(s, loc)
+	if !ok || t.Location() != loc { // a zone or offset: not a local clock time
+		return time.Time{}, false
+	}
+	h := t.Hour()
+	if h < 1 || h > 12 {
+		return time.Time{}, false
+	}
+	h %= 12
+	if pm {
+		h += 12
+	}
+	y, mo, d := t.Date()
+	return time.Date(y, mo, d, h, t.Minute(), t.Second(), t.Nanosecond(), loc), true
+}
+
+// cutMeridiem cuts a trailing a.m. or p.m. marker, and the white space
+// before it, off s: "am", "a.m.", "a. m." (Spanish locales), "a.m", in any
+// case; the spaces may be no-break spaces (U+00A0, U+202F: what ICU and
+// newer .NET write). What is left must end with a digit.
+func cutMeridiem(s string) (rest string, pm, ok bool) {
+	i := len(s)
+	if i > 0 && s[i-1] == '.' {
+		i--
+	}
+	if i == 0 || s[i-1]|0x20 != 'm' {
+		return s, false, false
+	}
+	i--
+	i = backOverSpace(s, i)
+	if i > 0 && s[i-1] == '.' {
+		i--
+	}
+	if i == 0 {
+		return s, false, false
+	}
+	switch s[i-1] | 0x20 {
+	case 'a':
+	case 'p':
+		pm = true
+	default:
+		return s, false, false
+	}
+	rest = s[:backOverSpace(s, i-1)]
+	if rest == "" || !isDigit(rest[len(rest)-1]) {
+		return s, false, false
+	}
+	return rest, pm, true
+}
+
+// backOverSpace returns the index before the spaces (ASCII, U+00A0 and
+// U+202F) that end s[:i].
+func backOverSpace(s string, i int) int {
+	for {
+		switch t := s[:i]; {
+		case strings.HasSuffix(t, " "):
+			i--
+		case strings.HasSuffix(t, "\u00a0"):
+			i -= len("\u00a0")
+		case strings.HasSuffix(t, "\u202f"):
+			i -= len("\u202f")
+		default:
+			return i
+		}
+	}
+}
+
+// parse24h reads the forms of parseTime on a 24-hour clock.
+func parse24h(s string, loc *time.Location) (time.Time, bool) {
 	if len(s) >= 19 && s[4] == '-' && s[7] == '-' && s[13] == ':' && s[16] == ':' {
 		if s[10] == 't' || s[len(s)-1] == 'z' { // RFC 3339 allows lower case
 			s = strings.ToUpper(s)
