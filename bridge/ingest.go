@@ -64,9 +64,14 @@ func (s *Server) handleIngest(c echo.Context) error {
 
 	var query url.Values
 	if buf.Len() == 0 {
-		query = r.URL.Query()
+		query = queryToUTF8(r.URL.Query())
 	}
-	batch, err := s.dec.Decode(r.Header.Get(echo.HeaderContentType), buf.Bytes(), query, time.Now())
+	contentType := r.Header.Get(echo.HeaderContentType)
+	body, err := toUTF8(contentType, buf.Bytes())
+	if err != nil {
+		return err
+	}
+	batch, err := s.dec.Decode(contentType, body, query, time.Now())
 	if err != nil {
 		return decodeError(err, s.opts.MaxBatch)
 	}
