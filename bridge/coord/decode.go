@@ -174,7 +174,7 @@ func (d *Decoder) Decode(contentType string, body []byte, query url.Values, now 
 		mt = mt[:i]
 	}
 	mt = strings.ToLower(strings.TrimSpace(mt))
-	looksJSON := first == '{' || first == '['
+	looksJSON := first == '{' || first == '[' || first == '"' // '"': JSON encoded twice
 	switch {
 	case mt == "application/json" || mt == "text/json" ||
 		strings.HasSuffix(mt, "+json") && strings.IndexByte(mt, '/') > 0:
@@ -225,7 +225,8 @@ func firstByte(body []byte) (byte, bool) {
 // of its own — so a GeoJSON "coordinates": [lon, lat] or an item carrying a
 // "data" or "items" list stays one item. A device id of the wrapper goes to its
 // items that have none; its other keys are ignored. A UTF-8 byte order mark is
-// skipped.
+// skipped. A body that is a JSON string holding an object or array (JSON
+// encoded twice) is decoded as that object or array.
 //
 // Errors: ErrEmpty for an empty body or an empty (wrapper) array,
 // ErrTooManyItems when there are more than Options.MaxItems items (counted
@@ -237,6 +238,9 @@ func (d *Decoder) DecodeJSON(body []byte, now time.Time) (*Batch, error) {
 	s = strings.Trim(s, " \t\r\n")
 	if s == "" {
 		return nil, fmt.Errorf("%w: empty body", ErrEmpty)
+	}
+	if s[0] == '"' {
+		s = unwrapEncoded(s)
 	}
 	st := getState(d, now)
 	defer st.release()
@@ -318,6 +322,23 @@ func (d *Decoder) DecodeJSON(body []byte, now time.Time) (*Batch, error) {
 		c.Raw = st.arena[start:len(st.arena):len(st.arena)]
 	}
 	return b, nil
+}
+
+// unwrapEncoded returns the JSON a JSON string s holds, when it holds an
+// object or array: a body encoded twice, as a sender that serialises its
+// JSON text once more sends it ("{\"imei\":...}"). Otherwise, or when s is
+// not a valid JSON string, s is returned and decoded as it is. One level
+// only.
+func unwrapEncoded(s string) string {
+	var inner string
+	if err := json.Unmarshal([]byte(s), &inner); err != nil {
+		return s
+	}
+	inner = strings.Trim(inner, " \t\r\n")
+	if inner == "" || (inner[0] != '{' && inner[0] != '[') {
+		return s
+	}
+	return inner
 }
 
 // checkJSON returns an ErrMalformed error unless the body s is valid JSON.

@@ -984,6 +984,9 @@ func TestDecodeErrorMessages(t *testing.T) {
 		{"application/json", `{"a": 1,}`, "malformed body: invalid JSON at byte 9: invalid character '}' looking for beginning of object key string"},
 		{"application/json", `[{}, 3]`, "malformed body: array element 1 is a number, want an object"},
 		{"application/json", `true`, "malformed body: body is a boolean, want an object or an array of objects"},
+		{"application/json", `"hello"`, "malformed body: body is a string, want an object or an array of objects"},
+		{"text/plain", `"{\"a\": 1,}"`, "malformed body: invalid JSON at byte 9: invalid character '}' looking for beginning of object key string"}, // the JSON the string holds
+		{"application/json", `"\"{}\""`, "malformed body: body is a string, want an object or an array of objects"},
 		{"application/json", `[{},{},{}]`, "too many coordinates: more than 2 in one request"},
 		{"application/json", `[]`, "no coordinate in request: empty array"},
 		{"", ``, "no coordinate in request: empty body and no query parameters"},
@@ -1236,4 +1239,41 @@ func TestDecodeManyKeysIsLinear(t *testing.T) {
 		t.Errorf("attrs has %d keys, want 100001", len(c.Attrs))
 	}
 	t.Logf("decoded %d bytes with 200k fields in %v", sb.Len(), elapsed)
+}
+
+// TestDecodeDoubleEncoded: a sender that serialises its JSON text once more
+// posts a JSON string holding the object or array; it is decoded as that
+// object or array, under a JSON or a generic media type. One level only.
+func TestDecodeDoubleEncoded(t *testing.T) {
+	d := newDecoder(t, Options{MaxItems: 10})
+	item := `{"imei":"356938035643809","lat":19.4326,"lng":-99.1332,"fechaHora":"2026-03-01 05:59:00","nota":"cami\u00f3n"}`
+	quoted, err := json.Marshal(item)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, _ := json.Marshal("[" + item + "," + strings.Replace(item, "05:59:00", "05:59:30", 1) + "]")
+	for _, tt := range []struct {
+		ct, body string
+		n        int
+	}{
+		{"application/json", string(quoted), 1},
+		{"text/plain; charset=utf-8", " " + string(quoted) + "\n", 1},
+		{"", string(quoted), 1},
+		{"application/json", string(list), 2},
+	} {
+		b, err := d.Decode(tt.ct, []byte(tt.body), nil, goldenNow)
+		if err != nil {
+			t.Fatalf("Decode(%q, %s): %v", tt.ct, tt.body, err)
+		}
+		if len(b.Coords) != tt.n || len(b.Rejected) != 0 {
+			t.Fatalf("Decode(%q, %s): %d coords, rejected %+v; want %d", tt.ct, tt.body, len(b.Coords), b.Rejected, tt.n)
+		}
+		c := &b.Coords[0]
+		if c.DeviceID != "356938035643809" || c.Lat != 19.4326 || c.Attrs["nota"] != "camión" {
+			t.Fatalf("decoded %+v", c)
+		}
+		if !strings.HasPrefix(string(c.Raw), `{"imei":"356938035643809"`) {
+			t.Fatalf("raw is the inner object as sent, got %s", c.Raw)
+		}
+	}
 }
