@@ -174,12 +174,15 @@ func (d *Decoder) Decode(contentType string, body []byte, query url.Values, now 
 		mt = mt[:i]
 	}
 	mt = strings.ToLower(strings.TrimSpace(mt))
-	looksJSON := first == '{' || first == '[' || first == '"' // '"': JSON encoded twice
+	looksJSON := first == '{' || first == '['
+	// '"': JSON encoded twice, but never under a form type: a form name may
+	// start with a quote.
+	quoted := first == '"' && mt != "application/x-www-form-urlencoded"
 	switch {
 	case mt == "application/json" || mt == "text/json" ||
 		strings.HasSuffix(mt, "+json") && strings.IndexByte(mt, '/') > 0:
 		return d.DecodeJSON(body, now)
-	case looksJSON && (mt == "" || mt == "text/plain" || mt == "application/octet-stream" ||
+	case (looksJSON || quoted) && (mt == "" || mt == "text/plain" || mt == "application/octet-stream" ||
 		mt == "application/x-www-form-urlencoded"):
 		// A JSON body under a generic type (.NET's StringContent sends
 		// text/plain, curl -d sends a form type): no form starts with
