@@ -484,6 +484,25 @@ func render(rs []result, plainRuns, shapedRuns []float64, o options) string {
 	fmt.Fprintf(&b, "| batches ≥ 80%% of nats bench (plain) | %s | %s |\n", ratio3(coordsPS(br), natsBench), verdict(natsBench > 0 && coordsPS(br) >= 0.8*natsBench))
 	fmt.Fprintf(&b, "| bridge peak RSS ≤ 80 MB | %s | %s |\n", mb(br.peakRSS), verdict(br.peakRSS <= 80<<20))
 	fmt.Fprintf(&b, "| bridge idle RSS ≤ 30 MB | %s | %s |\n", mb(br.idleRSS), verdict(br.idleRSS <= 30<<20))
+
+	// The runs are CPU-bound: the program, nats-server and the load
+	// generator share the machine's cores. From the CPU each spent per
+	// request, the ceiling a bridge could reach if it cost no more than
+	// the bare handler, with nats-server and the generator costing what
+	// they did for ubiqo-bridge.
+	cpu := func(r result, f func(sample) time.Duration) float64 { return r.cpuPerUnit("single", false, f) }
+	prog := func(x sample) time.Duration { return x.progCPU }
+	server := func(x sample) time.Duration { return x.serverCPU }
+	gen := func(x sample) time.Duration { return x.genCPU }
+	naiveCost := cpu(naive, prog) + cpu(naive, server) + cpu(naive, gen)
+	bridgeCost := cpu(br, prog) + cpu(br, server) + cpu(br, gen)
+	floor := cpu(bare, prog) + cpu(br, server) + cpu(br, gen)
+	if naiveCost > 0 && bridgeCost > 0 && floor > 0 {
+		fmt.Fprintf(&b, "\nSingle POSTs are CPU-bound: per request, the three processes spent %.1f µs of CPU for the naive bridge and %.1f µs for ubiqo-bridge, "+
+			"%.1f µs of it in nats-server and %.1f µs in the load generator. A bridge that cost no more CPU than the bare handler (%.1f µs) "+
+			"would spend %.1f µs per request in all, so at the same use of the cores it would reach about %.2f× the naive bridge's requests/s.\n",
+			naiveCost, bridgeCost, cpu(br, server), cpu(br, gen), cpu(bare, prog), floor, naiveCost/floor)
+	}
 	return b.String()
 }
 
