@@ -10,6 +10,7 @@ import (
 	"golang.org/x/text/encoding"
 	"golang.org/x/text/encoding/charmap"
 	"golang.org/x/text/encoding/htmlindex"
+	"golang.org/x/text/encoding/unicode"
 )
 
 // toUTF8 returns body as UTF-8, transcoded from the charset its Content-Type
@@ -32,28 +33,55 @@ import (
 // "camión 7" would become the device "cami\uFFFDn 7", another device than
 // the same truck sent as UTF-8.
 func toUTF8(contentType string, body []byte) ([]byte, error) {
+	if len(body) == 0 {
+		return body, nil // a GET: its query is checked by queryToUTF8
+	}
 	label := charsetOf(contentType)
 	form := mediaType(contentType) == "application/x-www-form-urlencoded" && !looksJSON(body)
+	if !form {
+		// A byte order mark says what the text is, whatever the header
+		// says (as the WHATWG decode does).
+		switch {
+		case len(body) >= 3 && body[0] == 0xEF && body[1] == 0xBB && body[2] == 0xBF:
+			return body, nil // the decoder skips it
+		case len(body) >= 2 && (body[0] == 0xFE && body[1] == 0xFF || body[0] == 0xFF && body[1] == 0xFE):
+			label = "utf-16"
+		}
+	}
 	var enc encoding.Encoding
 	switch {
-	case label == "":
+	case label == "" || strings.EqualFold(label, "us-ascii"):
+		// US-ASCII promises no byte beyond 0x7F: one that is there is
+		// read as when no charset is named.
 		if form || !legacy(body) {
 			break // a form is checked once parsed
 		}
 		enc, label = charmap.Windows1252, "windows-1252"
-	case strings.EqualFold(label, "utf-8") || strings.EqualFold(label, "utf8") || strings.EqualFold(label, "us-ascii"):
+	case strings.EqualFold(label, "utf-8") || strings.EqualFold(label, "utf8"):
 		return body, nil
+	case strings.EqualFold(label, "utf-16") && len(body) >= 2 && body[0] == 0xFE && body[1] == 0xFF:
+		enc = unicode.UTF16(unicode.BigEndian, unicode.ExpectBOM)
+	case strings.EqualFold(label, "utf-16") && len(body) >= 2 && body[0] == 0xFF && body[1] == 0xFE:
+		enc = unicode.UTF16(unicode.LittleEndian, unicode.ExpectBOM)
 	default:
 		var err error
-		if enc, err = htmlindex.Get(label); err != nil {
+		enc, err = htmlindex.Get(label)
+		name := ""
+		if err == nil {
+			name, _ = htmlindex.Name(enc)
+		}
+		switch name {
+		case "utf-8":
+			return body, nil
+		case "", "replacement": // unknown, or one that is only there to be refused
 			return nil, echo.NewHTTPError(http.StatusUnsupportedMediaType,
 				"charset "+quoteLabel(label)+" is not supported; send UTF-8 or name a charset of the WHATWG Encoding Standard (e.g. ISO-8859-1)")
 		}
-		if name, _ := htmlindex.Name(enc); name == "utf-8" {
-			return body, nil
-		}
 	}
 	if form {
+		if enc == nil && !mayBeLegacyForm(body) {
+			return body, nil
+		}
 		v, err := url.ParseQuery(string(body))
 		if err != nil && len(v) == 0 {
 			return body, nil
@@ -77,6 +105,24 @@ func toUTF8(contentType string, body []byte) ([]byte, error) {
 		return nil, badCharset(label, err)
 	}
 	return out, nil
+}
+
+// mayBeLegacyForm reports whether a form body can hold a byte beyond ASCII
+// once decoded: one written raw, or a %XX escape of one (%80 to %FF). The
+// common ASCII form is passed on without being parsed twice.
+func mayBeLegacyForm(body []byte) bool {
+	for i, c := range body {
+		if c >= utf8.RuneSelf {
+			return true
+		}
+		if c == '%' && i+1 < len(body) {
+			switch body[i+1] {
+			case '8', '9', 'a', 'b', 'c', 'd', 'e', 'f', 'A', 'B', 'C', 'D', 'E', 'F':
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // queryToUTF8 returns the query parameters of a GET as UTF-8: as they are
@@ -186,34 +232,46 @@ func quoteLabel(s string) string {
 }
 
 // charsetOf returns the charset parameter of a Content-Type value, without
-// quotes; "" when there is none. It allocates nothing.
+// quotes; "" when there is none. A ';' or "charset=" inside another
+// parameter's quoted value does not count. It allocates nothing.
 func charsetOf(contentType string) string {
-	rest := contentType
-	for {
-		i := strings.IndexByte(rest, ';')
-		if i < 0 {
-			return ""
-		}
-		rest = rest[i+1:]
-		param := strings.TrimLeft(rest, " \t")
+	i := paramEnd(contentType, 0)
+	for i < len(contentType) {
+		start := i + 1
+		i = paramEnd(contentType, start)
+		param := strings.TrimLeft(contentType[start:i], " \t")
 		const name = "charset"
 		if len(param) <= len(name) || !strings.EqualFold(param[:len(name)], name) {
 			continue
 		}
-		param = strings.TrimLeft(param[len(name):], " \t")
-		if param == "" || param[0] != '=' {
+		v := strings.TrimLeft(param[len(name):], " \t")
+		if v == "" || v[0] != '=' {
 			continue
 		}
-		v := strings.TrimLeft(param[1:], " \t")
-		if end := strings.IndexByte(v, ';'); end >= 0 {
-			v = v[:end]
-		}
-		v = strings.TrimRight(v, " \t")
+		v = strings.Trim(v[1:], " \t")
 		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 			v = v[1 : len(v)-1]
 		}
 		return v
 	}
+	return ""
+}
+
+// paramEnd returns the index of the next ';' of a Content-Type value from i
+// on that is not inside a quoted string, or len(s).
+func paramEnd(s string, i int) int {
+	quoted := false
+	for ; i < len(s); i++ {
+		switch c := s[i]; {
+		case quoted && c == '\\':
+			i++
+		case c == '"':
+			quoted = !quoted
+		case c == ';' && !quoted:
+			return i
+		}
+	}
+	return len(s)
 }
 
 // mediaType is the media type of a Content-Type value, lower case.

@@ -120,3 +120,51 @@ func TestUndeclaredLatin1IsReadAsWindows1252(t *testing.T) {
 		t.Fatalf("stream holds %d messages, want 1", n)
 	}
 }
+
+// What the review of the charset handling found: a declared US-ASCII body
+// with Latin-1 bytes is read like an undeclared one, a byte order mark wins
+// over the declared charset, a ';' inside a quoted parameter is not a
+// separator, a GET's empty body has no charset to refuse, and the WHATWG
+// "replacement" labels are refused.
+func TestCharsetEdges(t *testing.T) {
+	e := newEnv(t, nil)
+	post := func(ct, body string) answer {
+		t.Helper()
+		return e.do(t, http.MethodPost, "/webhook/ubiqo", ct, strings.NewReader(body), nil)
+	}
+	fix := func(sec string) string {
+		return `{"device_id":"camión 9","lat":19.4326,"lon":-99.1332,"timestamp":"2026-03-01T10:00:` + sec + `Z"}`
+	}
+	utf16be := func(s string) string {
+		b := []byte{0xFE, 0xFF}
+		for _, r := range s {
+			b = append(b, byte(r>>8), byte(r))
+		}
+		return string(b)
+	}
+	for _, tt := range []struct {
+		name, ct, body string
+	}{
+		{"us-ascii with Latin-1 bytes", "application/json; charset=us-ascii", latin1(fix("01"))},
+		{"UTF-16 big endian by its byte order mark", "application/json; charset=utf-16", utf16be(fix("02"))},
+		{"UTF-8 byte order mark beats a declared windows-1252", "application/json; charset=windows-1252", "\xEF\xBB\xBF" + fix("03")},
+		{"a quoted ; is not a separator", `application/json; foo="a;charset=klingon"; charset=latin1`, latin1(fix("04"))},
+	} {
+		if a := post(tt.ct, tt.body); a.Status != http.StatusOK || a.Body["accepted"] != float64(1) {
+			t.Errorf("%s: %d %s", tt.name, a.Status, a.Raw)
+		}
+	}
+	if _, err := e.stream.GetLastMsgForSubject(context.Background(), "ubiqo.coords.cami=C3=B3n=209"); err != nil {
+		t.Fatalf("not stored as the UTF-8 device: %v", err)
+	}
+	if n := e.msgs(t); n != 4 {
+		t.Fatalf("stream holds %d messages, want 4", n)
+	}
+	a := e.do(t, http.MethodGet, "/webhook/ubiqo?device_id=g&lat=1&lon=2", "application/json; charset=klingon", nil, nil)
+	if a.Status != http.StatusOK {
+		t.Errorf("GET with a charset in its Content-Type: %d %s", a.Status, a.Raw)
+	}
+	if a := post("application/json; charset=iso-2022-kr", fix("05")); a.Status != http.StatusUnsupportedMediaType {
+		t.Errorf("replacement charset: %d %s, want 415", a.Status, a.Raw)
+	}
+}

@@ -333,11 +333,14 @@ func (d *Decoder) DecodeJSON(body []byte, now time.Time) (*Batch, error) {
 // not a valid JSON string, s is returned and decoded as it is. One level
 // only.
 func unwrapEncoded(s string) string {
-	var inner string
-	if err := json.Unmarshal([]byte(s), &inner); err != nil {
+	if ok, _ := validate(s); !ok {
 		return s
 	}
-	inner = strings.Trim(inner, " \t\r\n")
+	// unquote keeps bytes that are not UTF-8 as they are (json.Unmarshal
+	// would make them U+FFFD), so a device id holding one is rejected as
+	// it is in a body sent once.
+	inner := strings.Trim(unquote(s), " \t\r\n")
+	inner = strings.TrimPrefix(inner, bom)
 	if inner == "" || (inner[0] != '{' && inner[0] != '[') {
 		return s
 	}

@@ -1277,3 +1277,55 @@ func TestDecodeDoubleEncoded(t *testing.T) {
 		}
 	}
 }
+
+// TestTwelveHourClockAcrossDaylightSaving: a p.m. time reads as the same
+// instant as its 24-hour form, also on the day the clocks spring forward
+// (Tijuana still observes daylight saving), whose 2 a.m. hour does not
+// exist.
+func TestTwelveHourClockAcrossDaylightSaving(t *testing.T) {
+	tijuana, err := time.LoadLocation("America/Tijuana")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDecoder(t, Options{MaxItems: 10, Location: tijuana})
+	now := time.Date(2026, 3, 9, 12, 0, 0, 0, time.UTC)
+	for _, pair := range [][2]string{
+		{"08/03/2026 02:30:00 p. m.", "08/03/2026 14:30:00"}, // spring forward: 02:00 → 03:00 that morning
+		{"08/03/2026 01:30:00 a. m.", "08/03/2026 01:30:00"},
+		{"08/03/2026 03:30:00 a. m.", "08/03/2026 03:30:00"},
+		{"01/11/2025 11:59:00 p. m.", "01/11/2025 23:59:00"},
+	} {
+		var ts [2]time.Time
+		for i, s := range pair {
+			body := `{"device_id":"t","lat":1,"lon":2,"fecha":"` + s + `"}`
+			b, err := d.Decode("application/json", []byte(body), nil, now)
+			if err != nil || len(b.Coords) != 1 {
+				t.Fatalf("%s: %v %+v", s, err, b)
+			}
+			ts[i] = b.Coords[0].TS
+		}
+		if !ts[0].Equal(ts[1]) {
+			t.Errorf("%q = %v, but %q = %v", pair[0], ts[0], pair[1], ts[1])
+		}
+	}
+}
+
+// TestDecodeDoubleEncodedKeepsInvalidBytes: bytes that are not UTF-8 in a
+// body encoded twice are not turned into U+FFFD on the way: a device id
+// holding one is rejected, as it is in a body sent once, rather than stored
+// as another id that other trucks' ids would collide with.
+func TestDecodeDoubleEncodedKeepsInvalidBytes(t *testing.T) {
+	d := newDecoder(t, Options{MaxItems: 10})
+	for _, body := range []string{
+		"{\"device_id\":\"cami\xF3n 2\",\"lat\":1,\"lon\":2}",
+		"\"{\\\"device_id\\\":\\\"cami\xF3n 2\\\",\\\"lat\\\":1,\\\"lon\\\":2}\"",
+	} {
+		b, err := d.Decode("application/json", []byte(body), nil, goldenNow)
+		if err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		if len(b.Coords) != 0 || len(b.Rejected) != 1 || !strings.Contains(b.Rejected[0].Error, "UTF-8") {
+			t.Errorf("%q: coords %+v rejected %+v, want the device id rejected as not UTF-8", body, b.Coords, b.Rejected)
+		}
+	}
+}

@@ -145,11 +145,15 @@ func parseTime(s string, loc *time.Location) (time.Time, bool) {
 // Windows and .NET write times so in Mexico: "27/11/2026 03:15:22 p. m.".
 func parse12h(s string, pm bool, loc *time.Location) (time.Time, bool) {
 	// A 12-hour clock often writes the hour with one digit: "3:15:22".
-	if sp := strings.LastIndexAny(s, " T"); sp >= 0 && strings.IndexByte(s[sp+1:], ':') == 1 {
+	if sp := strings.LastIndexAny(s, " Tt"); sp >= 0 && strings.IndexByte(s[sp+1:], ':') == 1 {
 		s = s[:sp+1] + "0" + s[sp+1:]
 	}
-	t, ok := parse24h(s, loc)
-	if !ok || t.Location() != loc { // a zone or offset: not a local clock time
+	// Read the wall clock as written, in a zone of its own without
+	// daylight saving: read in loc, an hour that does not exist there
+	// (spring forward) would move before the p.m. hours are added. A time
+	// with a zone or offset of its own comes back in another zone.
+	t, ok := parse24h(s, wallClock)
+	if !ok || t.Location() != wallClock {
 		return time.Time{}, false
 	}
 	h := t.Hour()
@@ -163,6 +167,9 @@ func parse12h(s string, pm bool, loc *time.Location) (time.Time, bool) {
 	y, mo, d := t.Date()
 	return time.Date(y, mo, d, h, t.Minute(), t.Second(), t.Nanosecond(), loc), true
 }
+
+// wallClock is the zone parse12h reads times in: only its identity matters.
+var wallClock = time.FixedZone("wall clock", 0)
 
 // cutMeridiem cuts a trailing a.m. or p.m. marker, and the white space
 // before it, off s: "am", "a.m.", "a. m." (Spanish locales), "a.m", in any
