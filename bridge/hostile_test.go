@@ -266,3 +266,31 @@ func TestMadeUpMethodsShareOneMetricSeries(t *testing.T) {
 		t.Fatalf("50 made-up methods gave these series:\n%s", strings.Join(series, "\n"))
 	}
 }
+
+// A request still in flight when http.shutdown_timeout runs out is cut off
+// unanswered (its sender retries) and the stop is still a clean one: Run
+// returns nil, with a warning naming the key.
+func TestShutdownGraceRunsOut(t *testing.T) {
+	e := newEnv(t, func(o *bridge.Options) {
+		o.ShutdownTimeout = 200 * time.Millisecond
+		o.ReadTimeout = time.Minute
+	})
+	base, stop := runServer(t, e.srv) // stop fails the test if Run returns an error
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A slow upload: headers and half a body, then nothing.
+	if _, err := conn.Write([]byte("POST /webhook/ubiqo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"device_id\":\"d\",")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the handler is reading the body
+	stop()
+	if !strings.Contains(e.logs.String(), "http.shutdown_timeout ran out") {
+		t.Errorf("no warning naming http.shutdown_timeout:\n%s", e.logs.String())
+	}
+	if n := e.msgs(t); n != 0 {
+		t.Fatalf("%d messages published", n)
+	}
+}

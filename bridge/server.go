@@ -330,6 +330,16 @@ func (s *Server) Run(ctx context.Context) error {
 	err = hs.Shutdown(sctx)
 	stopWatch()
 	<-watchDone
+	if errors.Is(err, context.DeadlineExceeded) {
+		// The grace ran out: what is still in flight is cut off. None of
+		// it was answered, so its senders send it again (a coordinate
+		// already stored is then a duplicate). A planned stop, not a
+		// failure of the service: the exit status stays 0.
+		_ = hs.Close()
+		s.log.Warn().Dur("grace", s.opts.ShutdownTimeout).Float64("in_flight", gaugeValue(s.metrics.inFlight)).
+			Msg("http.shutdown_timeout ran out: the requests still in flight were cut off unanswered (their senders retry)")
+		err = nil
+	}
 	if err != nil {
 		return fmt.Errorf("http shutdown: %w", err)
 	}

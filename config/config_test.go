@@ -238,6 +238,11 @@ func TestMaskDSN(t *testing.T) {
 		{"host=db PASSWORD= 's3 \\'cret' dbname=coords", "host=db PASSWORD=*** dbname=coords"},
 		{"host=db sslpassword =k3y password=s3cret", "host=db sslpassword=*** password=***"},
 		{"file:./data/coords.db", "file:./data/coords.db"},
+		// URLs that do not parse: a bad port, an unescaped % in the password.
+		{"postgres://app:pgsecret@127.0.0.1:notaport/x", "postgres://***@127.0.0.1:notaport/x"},
+		{"postgres://app:pg%zzsecret@db/x?sslmode=disable&password=p%zz", "postgres://***@db/x?sslmode=disable&password=***"},
+		// libpq: a backslash escapes a space in an unquoted value.
+		{`host=db password=a\ b dbname=coords`, "host=db password=*** dbname=coords"},
 	}
 	for _, tt := range tests {
 		if got := MaskDSN(tt.in); got != tt.want {
@@ -354,5 +359,60 @@ func TestOtherBinarysEnvIgnored(t *testing.T) {
 	}
 	if _, _, err := load(t, Bridge); err == nil || !strings.Contains(err.Error(), "nats.max_pending") {
 		t.Fatalf("bridge accepted nats.max_pending=zz: %v", err)
+	}
+}
+
+// A number in the file where a duration is expected would be nanoseconds,
+// and a fraction for a whole-number key would be cut: both are refused,
+// naming the key; so are a forward target's bare-number durations.
+func TestFileNumbersNeedTheirUnit(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	body := "http:\n  write_timeout: 30\n  max_body_bytes: 1.5\n  read_timeout: 0\nnats:\n  publish_timeout: 5\n"
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := load(t, Bridge, "--config", file)
+	if err == nil {
+		t.Fatal("bare numbers accepted")
+	}
+	for _, want := range []string{
+		`http.write_timeout: 30 from the config file must be a duration with its unit, like "30s"`,
+		`nats.publish_timeout: 5 from the config file must be a duration with its unit`,
+		`http.max_body_bytes: 1.5 from the config file must be a whole number`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "read_timeout") {
+		t.Errorf("0 is 0 in any unit, but was refused: %v", err)
+	}
+
+	t.Setenv("UBIQO_FORWARD_TARGETS_JSON", `[{"name":"b","url":"http://127.0.0.1:1/x","timeout":10}]`)
+	_, _, err = load(t, Forwarder)
+	if err == nil || !strings.Contains(err.Error(), `10 must be a duration with its unit, like "10s"`) {
+		t.Fatalf("a target's bare-number timeout: %v", err)
+	}
+}
+
+func TestUnknownFileKeysNamedInFull(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("htp: 1\nhttp:\n  adr: \":1\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := load(t, Bridge, "--config", file)
+	if err == nil || !strings.Contains(err.Error(), "unknown key(s) in the config file:") ||
+		!strings.Contains(err.Error(), "htp") || !strings.Contains(err.Error(), "http.adr") {
+		t.Fatalf("want both keys named in full, got %v", err)
+	}
+}
+
+// "--stream.manage false" leaves "false" over (a bool flag takes no separate
+// value): --print-config must not print a configuration that is not the
+// one meant.
+func TestPrintConfigRefusesLeftoverArguments(t *testing.T) {
+	_, _, err := load(t, Bridge, "--print-config", "--stream.manage", "false")
+	if err == nil || !strings.Contains(err.Error(), `unexpected argument "false"`) {
+		t.Fatalf("want the leftover argument named, got %v", err)
 	}
 }

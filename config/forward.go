@@ -168,7 +168,7 @@ func decodeTargetsJSON(s string) ([]ForwardTarget, error) {
 	}
 	var out []ForwardTarget
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
-		DecodeHook:       mapstructure.StringToTimeDurationHookFunc(),
+		DecodeHook:       mapstructure.ComposeDecodeHookFunc(bareNumberDuration, mapstructure.StringToTimeDurationHookFunc()),
 		WeaklyTypedInput: true,
 		ErrorUnused:      true,
 		Result:           &out,

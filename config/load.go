@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/go-viper/mapstructure/v2"
 	"io"
+	"math"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -102,8 +105,8 @@ func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
 		return nil, err
 	}
 	var c Config
-	if err := v.UnmarshalExact(&c); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+	if err := v.UnmarshalExact(&c, refuseBareNumberDurations); err != nil {
+		return nil, decodeError(err)
 	}
 	trimLists(reflect.ValueOf(&c).Elem())
 	if err := c.Validate(b); err != nil {
@@ -112,6 +115,12 @@ func Load(b Binary, args []string, stdout io.Writer) (*Loaded, error) {
 	l.Config = &c
 	l.settings = settingsFor(v, b)
 	if *printCfg {
+		if len(l.Args) > 0 {
+			// A bool flag takes no separate value: "--stream.manage false"
+			// leaves "false" over, and the configuration printed would
+			// not be the one meant.
+			return nil, fmt.Errorf("unexpected argument %q (a true/false flag is written --key=false)", l.Args[0])
+		}
 		out, err := yaml.Marshal(l.Masked())
 		if err != nil {
 			return nil, fmt.Errorf("config: print: %w", err)
@@ -288,6 +297,12 @@ func maskSettings(s map[string]any) map[string]any {
 					continue
 				}
 			}
+			if name == "simulator.url" {
+				if u, ok := val.(string); ok {
+					out[k] = RedactURL(u) // a ?token= the bridge accepts
+					continue
+				}
+			}
 			if d, ok := val.(time.Duration); ok {
 				val = d.String() // as written in the file, not nanoseconds
 			}
@@ -375,13 +390,18 @@ func checkTypes(v *viper.Viper, b Binary, overrides map[string]any) error {
 		if !k.usedBy(b) {
 			continue
 		}
-		str, ok := v.Get(k.Name).(string)
-		if !ok || str == "" {
-			continue // typed already (a flag), or empty: as the decoder takes it
-		}
 		def := k.Default
 		if o, ok := overrides[k.Name]; ok {
 			def = o
+		}
+		raw := v.Get(k.Name)
+		if want, shown := checkFileNumber(raw, def); want != "" {
+			errs = append(errs, fmt.Errorf("config: %s: %s from the config file must be %s", k.Name, shown, want))
+			continue
+		}
+		str, ok := raw.(string)
+		if !ok || str == "" {
+			continue // typed already (a flag), or empty: as the decoder takes it
 		}
 		var want string
 		switch def.(type) {
@@ -416,4 +436,84 @@ func checkTypes(v *viper.Viper, b Binary, overrides map[string]any) error {
 		errs = append(errs, fmt.Errorf("config: %s: %s from %s must be %s", k.Name, shown, from, want))
 	}
 	return errors.Join(errs...)
+}
+
+// checkFileNumber checks a number a YAML file gave a key (flags and the
+// environment give text or typed values): a duration written as a bare
+// number would be read as nanoseconds ("write_timeout: 30" is 30ns), and a
+// fraction for a whole-number key would be cut. It returns the form
+// expected, or "" when the value is fine or not a number.
+func checkFileNumber(val, def any) (want, shown string) {
+	var f float64
+	switch n := val.(type) {
+	case int:
+		f = float64(n)
+	case int64:
+		f = float64(n)
+	case uint64:
+		f = float64(n)
+	case float64:
+		f = n
+	default:
+		return "", ""
+	}
+	shown = strconv.FormatFloat(f, 'g', -1, 64)
+	switch def.(type) {
+	case time.Duration:
+		if f != 0 { // 0 is 0 in any unit
+			return `a duration with its unit, like "` + shown + `s"` + ` (a bare number would be nanoseconds)`, shown
+		}
+	case int, int64:
+		if f != math.Trunc(f) {
+			return "a whole number", shown
+		}
+	case bool:
+		return "true or false", shown
+	}
+	return "", ""
+}
+
+// refuseBareNumberDurations puts bareNumberDuration before viper's own
+// decode hooks (text to durations, comma-separated lists).
+func refuseBareNumberDurations(c *mapstructure.DecoderConfig) {
+	c.DecodeHook = mapstructure.ComposeDecodeHookFunc(bareNumberDuration, c.DecodeHook)
+}
+
+// bareNumberDuration refuses a number without a unit where a duration is
+// expected (a forward target's "timeout": 10 would be 10ns); 0 passes.
+func bareNumberDuration(from, to reflect.Type, data any) (any, error) {
+	if to != reflect.TypeFor[time.Duration]() || from == to {
+		return data, nil // not a duration, or one already (a default, a flag)
+	}
+	switch from.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		if f := reflect.ValueOf(data).Convert(reflect.TypeFor[float64]()).Float(); f != 0 {
+			n := strconv.FormatFloat(f, 'g', -1, 64)
+			return nil, fmt.Errorf("%s must be a duration with its unit, like \"%ss\" (a bare number would be nanoseconds)", n, n)
+		}
+	}
+	return data, nil
+}
+
+var invalidKeys = regexp.MustCompile(`'([^']*)' has invalid keys: ([^\n]*)`)
+
+// decodeError turns the decoder's report of unknown keys in the file
+// ("'http' has invalid keys: adr") into the keys' full names.
+func decodeError(err error) error {
+	ms := invalidKeys.FindAllStringSubmatch(err.Error(), -1)
+	if ms == nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var keys []string
+	for _, m := range ms {
+		for _, k := range strings.Split(m[2], ", ") {
+			if m[1] != "" {
+				k = m[1] + "." + k
+			}
+			keys = append(keys, k)
+		}
+	}
+	return fmt.Errorf("config: unknown key(s) in the config file: %s (--help lists the keys)", strings.Join(keys, ", "))
 }

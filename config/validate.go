@@ -253,7 +253,9 @@ func validSubjectPrefix(s string) bool {
 var (
 	// libpq key=value: spaces may surround "=", a quoted value may hold
 	// spaces and \' escapes.
-	userinfoRE = regexp.MustCompile(`(?i)\b(password|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)`)
+	userinfoRE = regexp.MustCompile(`(?i)\b(password|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|(?:\\.|\S)+)`)
+	// the password query parameter of a URL that does not parse
+	queryPasswordRE = regexp.MustCompile(`(?i)([?&](?:ssl)?password=)[^&#]*`)
 )
 
 // MaskURLs hides the secrets a NATS server list (comma-separated URLs) may
@@ -304,6 +306,14 @@ func MaskDSN(dsn string) string {
 		}
 		s := u.String()
 		return strings.ReplaceAll(s, url.QueryEscape(masked), masked)
+	}
+	if scheme, rest, ok := strings.Cut(dsn, "://"); ok {
+		// A URL that does not parse (a bad port, an unescaped % in the
+		// password): everything before its last @ may be secret.
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			rest = masked + rest[at:]
+		}
+		return queryPasswordRE.ReplaceAllString(scheme+"://"+rest, "${1}"+masked)
 	}
 	return userinfoRE.ReplaceAllString(dsn, "$1="+masked)
 }

@@ -48,6 +48,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
+	if len(l.Args) > 0 {
+		return fmt.Errorf("unexpected argument %q (see alerter --help; a true/false flag is written --key=false)", l.Args[0])
+	}
 	log, flushLog := cli.NewLogger(l.Log, "alerter", stderr)
 	defer flushLog()
 

@@ -137,6 +137,7 @@ func TestRunRejectsBadConfigNamingTheKey(t *testing.T) {
 		{"scan interval", []string{"--alert.rules_file", good, "--alert.scan_interval", "0s"}, []string{"alert.scan_interval"}, ""},
 		{"replay since", []string{"--alert.rules_file", good, "--replay-since", "yesterday"}, []string{"replay since", "RFC 3339"}, ""},
 		{"replay since empty", []string{"--replay-since="}, []string{"--replay-since needs a value"}, ""},
+		{"a bool flag's value as a separate word", []string{"--alert.rules_file", good, "--alert.log_alerts", "false"}, []string{`unexpected argument "false"`, "--key=false"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

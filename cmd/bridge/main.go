@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(l.Args) > 0 {
-		return fmt.Errorf("unexpected argument %q (see bridge --help)", l.Args[0])
+		return fmt.Errorf("unexpected argument %q (see bridge --help; a true/false flag is written --key=false)", l.Args[0])
 	}
 	cfg := l.Config
 	log, flushLog := cli.NewLogger(cfg.Log, "bridge", stderr)

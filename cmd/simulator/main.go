@@ -31,7 +31,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(l.Args) > 0 {
-		return fmt.Errorf("unexpected argument %q (see simulator --help)", l.Args[0])
+		return fmt.Errorf("unexpected argument %q (see simulator --help; a true/false flag is written --key=false)", l.Args[0])
 	}
 	s := l.Simulator
 	lat, lon := s.CenterLatLon()
