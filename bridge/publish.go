@@ -188,7 +188,10 @@ func (p *Publisher) Records(coords []coord.Coord) []spool.Record {
 }
 
 // Publish stores recs and returns once JetStream has acked every one, or
-// with an error wrapping ErrNotStored and the result's Failed list. It gives
+// with an error wrapping ErrNotStored and the result's Failed list. A batch
+// larger than half of nats.max_pending goes in parts; after a part with a
+// failure, the later parts are not sent (they are Failed too), so that
+// nothing overtakes what failed. It gives
 // up waiting at the publish timeout or when ctx ends.
 func (p *Publisher) Publish(ctx context.Context, recs []spool.Record) (PublishResult, error) {
 	// A batch takes its ring slots all at once; one larger than half the
@@ -211,6 +214,15 @@ func (p *Publisher) Publish(ctx context.Context, recs []spool.Record) (PublishRe
 		}
 		if err != nil && firstErr == nil {
 			firstErr = err
+		}
+		if len(r.Failed) > 0 {
+			// This part's failures go to the spool (or back to the
+			// sender): a later part stored now would overtake them and
+			// break their devices' order. The rest fails unsent.
+			for i := off + chunk; i < len(recs); i++ {
+				res.Failed = append(res.Failed, i)
+			}
+			break
 		}
 	}
 	return res, firstErr

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,6 +157,25 @@ func TestPublisherRingOfOne(t *testing.T) {
 	}
 }
 
+// A batch published in parts (larger than half the ring) stops at the first
+// part with a failure: a later part stored now would overtake what failed,
+// which goes to the spool, and break its devices' order.
+func TestPublisherStopsAfterAFailedPart(t *testing.T) {
+	p, _, st := pubEnv(t, 4, 5*time.Second, nil) // parts of 2
+	recs := testRecs("parts", 6)
+	onSubjects(recs[1:2], "elsewhere") // the first part fails (no responders)
+	res, err := p.Publish(context.Background(), recs)
+	if !errors.Is(err, ErrNotStored) {
+		t.Fatalf("err = %v", err)
+	}
+	if res.Stored != 1 || !slices.Equal(res.Failed, []int{1, 2, 3, 4, 5}) {
+		t.Fatalf("got %+v, want recs[0] stored and the rest failed", res)
+	}
+	if n := streamMsgs(t, st); n != 1 {
+		t.Fatalf("stream holds %d messages, want 1: later parts were sent", n)
+	}
+}
+
 // A subject no stream takes: the server answers "no responders" at once.
 func TestPublisherNoStream(t *testing.T) {
 	p, _, _ := pubEnv(t, 16, 5*time.Second, nil)
@@ -243,7 +263,7 @@ func TestMessageSizeIsWhatNATSCounts(t *testing.T) {
 // Nobody acks: Publish gives up at its timeout, frees its slots for later
 // publishes, and ignores the ack when it finally comes.
 func TestPublisherTimeoutAndLateAck(t *testing.T) {
-	p, nc, _ := pubEnv(t, 4, 300*time.Millisecond, nil)
+	p, nc, _ := pubEnv(t, 8, 300*time.Millisecond, nil) // one part: see TestPublisherStopsAfterAFailedPart
 	// Nobody acks at first; the test answers only after the publisher
 	// gave up.
 	late := unacked(t, nc)
@@ -273,7 +293,8 @@ func TestPublisherTimeoutAndLateAck(t *testing.T) {
 	if p.LateAcks() != 3 {
 		t.Fatalf("late acks counted: %d, want 3", p.LateAcks())
 	}
-	// The ring (4 slots) is free again: a later publish of 4 goes through.
+	// The ring (8 slots) is free again: a later publish of 4 goes through
+	// at once, as one part.
 	res, err = p.Publish(context.Background(), testRecs("after", 4))
 	if err != nil || res.Stored != 4 {
 		t.Fatalf("publish after the timeout: %+v, %v", res, err)
