@@ -39,6 +39,9 @@ type errorResponse struct {
 
 var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
+// defaultMaxPayload is nats-server's default max_payload (1 MiB).
+const defaultMaxPayload = 1 << 20
+
 // retryAfterSeconds is what a 503 asks the sender to wait.
 const retryAfterSeconds = "2"
 
@@ -89,21 +92,26 @@ func (s *Server) handleIngest(c echo.Context) error {
 	// rejected now: spooled, it would never leave and would hold up every
 	// later coordinate of its device.
 	var items []int // the request item of each record, once needed
-	if limit := s.nc.MaxPayload(); limit > 0 {
-		for i := range recs {
-			if int64(MessageSize(&recs[i])) > limit {
-				items = itemIndexes(len(recs), batch.Rejected)
-				var tooBig []coord.Rejection
-				recs, items, tooBig = dropOversize(recs, items, limit)
-				rejected = mergeRejections(rejected, tooBig)
-				s.metrics.rejected.Add(float64(len(tooBig)))
-				break
-			}
+	limit := s.nc.MaxPayload()
+	if limit <= 0 {
+		// Not connected since the start: the server has not said its
+		// max_payload. Its default holds meanwhile, so that no
+		// coordinate too large for it is spooled (it could never leave).
+		limit = defaultMaxPayload
+	}
+	for i := range recs {
+		if int64(MessageSize(&recs[i])) > limit {
+			items = itemIndexes(len(recs), batch.Rejected)
+			var tooBig []coord.Rejection
+			recs, items, tooBig = dropOversize(recs, items, limit)
+			rejected = mergeRejections(rejected, tooBig)
+			s.metrics.rejected.Add(float64(len(tooBig)))
+			break
 		}
-		if len(recs) == 0 {
-			setCounts(c, 0, 0, 0, len(rejected))
-			return c.JSON(http.StatusRequestEntityTooLarge, errorResponse{Error: "no coordinate small enough to store", Rejected: rejected})
-		}
+	}
+	if len(recs) == 0 {
+		setCounts(c, 0, 0, 0, len(rejected))
+		return c.JSON(http.StatusRequestEntityTooLarge, errorResponse{Error: "no coordinate small enough to store", Rejected: rejected})
 	}
 	// Per device, a request that will spool waits for the device's earlier
 	// requests (still awaiting their acks, they may end in the spool too),

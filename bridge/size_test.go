@@ -5,8 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -198,4 +202,54 @@ func TestCoordinateOverStreamMaxMsgSizeIsRejected(t *testing.T) {
 		t.Errorf("a single coordinate over max_msg_size: %d %v, want 413", code, body)
 	}
 	waitStreamMsgs(t, e.stream, 1)
+}
+
+// A bridge that has not reached NATS since it started does not know the
+// server's max_payload yet: nats-server's default (1 MiB) holds meanwhile,
+// so a coordinate too large for it is rejected (413) rather than spooled
+// with a 202 that could never be stored.
+func TestOversizeRefusedBeforeTheFirstConnect(t *testing.T) {
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", streamtest.FreePort(t)),
+		nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	srv, err := bridge.New(bridge.Options{
+		Addr: "127.0.0.1:0", MaxBodyBytes: 4 << 20, MaxBatch: 10, PublishTimeout: time.Second,
+		Stream: streamtest.Coords(), AccessLog: "none",
+	}, bridge.Deps{Log: zerolog.Nop(), Conn: nc, JS: js, Spool: sp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	post := func(body string) (int, string) {
+		resp, err := http.Post(hs.URL+"/webhook/ubiqo", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	big := `{"device_id":"d","lat":1,"lon":2,"ts":1772359200,"note":"` + strings.Repeat("x", 600<<10) + `"}`
+	if code, body := post(big); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("a coordinate over 1 MiB as a message: %d %.200s, want 413", code, body)
+	}
+	if code, body := post(`{"device_id":"d","lat":1,"lon":2,"ts":1772359201}`); code != http.StatusAccepted {
+		t.Fatalf("a small coordinate: %d %s, want 202 (spooled)", code, body)
+	}
+	if recs, _ := sp.Stats(); recs != 1 {
+		t.Fatalf("spool holds %d records, want 1", recs)
+	}
 }
