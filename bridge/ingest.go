@@ -314,16 +314,22 @@ func (s *Server) unavailable(c echo.Context, msg string) error {
 func (s *Server) replaySpool(ctx context.Context) {
 	const batch = 256
 	idle := 200 * time.Millisecond
-	failures := 0
+	failures, checkpointFailures := 0, 0
 	for {
 		wait := idle
 		if ok, _ := s.Ready(); (ok || s.draining.Load() && s.nc.IsConnected() && s.streamOK.Load()) && !s.spool.Empty() {
 			recs, pos, err := s.spool.Peek(batch)
+			for _, d := range s.spool.Damage() {
+				s.log.Error().Str("spool", s.spool.Dir()).Str("damage", d).
+					Msg("spool: damaged bytes skipped; the records in them are lost (the disk, or a write that failed and could not be undone)")
+			}
 			if err == nil && len(recs) == 0 {
-				// Counted but unreadable (a record skipped as damaged): back
-				// off rather than spin.
-				n, _ := s.spool.Stats()
-				err = fmt.Errorf("the spool counts %d records but none could be read", n)
+				// Counted but nothing readable left: only damage lay ahead.
+				// Moving past it puts the counts right.
+				if err = s.spool.Commit(pos, nil); err == nil && !s.spool.Empty() {
+					n, _ := s.spool.Stats()
+					err = fmt.Errorf("the spool counts %d records but none could be read", n)
+				}
 			}
 			if err == nil && len(recs) > 0 {
 				// The subject as the stream takes it now: stream.subject_prefix
@@ -347,6 +353,18 @@ func (s *Server) replaySpool(ctx context.Context) {
 					s.metrics.accepted.Add(float64(res.Stored))
 					s.metrics.duplicate.Add(float64(res.Duplicates))
 				}
+			}
+			if errors.Is(err, spool.ErrCheckpoint) {
+				// Stored, and the replay moved on; only a restart before
+				// the next saved checkpoint would send these again.
+				checkpointFailures++
+				if checkpointFailures == 1 || checkpointFailures%100 == 0 {
+					s.log.Error().Err(err).Int("failures", checkpointFailures).Str("spool", s.spool.Dir()).
+						Msg("spool checkpoint not saved (disk full?); replay goes on, but a restart now would publish the records since the last saved checkpoint again")
+				}
+				err = nil
+			} else if err == nil && checkpointFailures > 0 {
+				checkpointFailures = 0
 			}
 			if err != nil {
 				failures++

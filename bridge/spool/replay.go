@@ -88,9 +88,39 @@ func (s *Spool) readFrom(pos Position, limit int64, max int) ([]Record, Position
 			return out, pos, true, nil
 		}
 		if err != nil {
-			// Cut off at Open, so only a record appended after a failed
-			// write can land here: skip the rest of this segment.
-			return out, pos, true, nil
+			// Open moved damage out of the way, so only damage since (the
+			// disk, or a failed append that could not be undone) lands
+			// here: skip to the next sound record, and say so.
+			end := limit
+			if end < 0 {
+				st, serr := f.Stat()
+				if serr != nil {
+					return out, pos, false, fmt.Errorf("spool read: %w", serr)
+				}
+				end = st.Size()
+			}
+			rest := make([]byte, max64(end-pos.Off, 0))
+			if _, rerr := f.ReadAt(rest, pos.Off); rerr != nil && rerr != io.EOF {
+				return out, pos, false, fmt.Errorf("spool read: %w", rerr)
+			}
+			next := resync(rest)
+			if next < 0 {
+				next = len(rest)
+			}
+			s.noteDamage(fmt.Sprintf("%s: %v at offset %d; %d bytes skipped", filepath.Base(s.segPath(pos.Seg)), err, pos.Off, next))
+			pos.Off += int64(next)
+			if next == len(rest) {
+				return out, pos, true, nil
+			}
+			if _, err := f.Seek(pos.Off, io.SeekStart); err != nil {
+				return out, pos, false, fmt.Errorf("spool read: %w", err)
+			}
+			src = f
+			if limit >= 0 {
+				src = io.LimitReader(f, limit-pos.Off)
+			}
+			r.Reset(src)
+			continue
 		}
 		out = append(out, rec)
 		pos.Off += size
@@ -98,14 +128,55 @@ func (s *Spool) readFrom(pos Position, limit int64, max int) ([]Record, Position
 	return out, pos, false, nil
 }
 
+func max64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// noteDamage records damage found while reading, once per place, for
+// Damage to report.
+func (s *Spool) noteDamage(d string) {
+	s.damageMu.Lock()
+	defer s.damageMu.Unlock()
+	if s.damageSeen == nil {
+		s.damageSeen = map[string]bool{}
+	}
+	if !s.damageSeen[d] {
+		s.damageSeen[d] = true
+		s.damage = append(s.damage, d)
+	}
+}
+
+// Damage returns the damage readers found and skipped since the last call:
+// bytes that were not sound records, whose records are lost.
+func (s *Spool) Damage() []string {
+	s.damageMu.Lock()
+	defer s.damageMu.Unlock()
+	d := s.damage
+	s.damage = nil
+	return d
+}
+
+// Dir is the spool's directory.
+func (s *Spool) Dir() string { return s.dir }
+
 // Commit records that everything before pos, the records Peek returned,
 // was replayed: the checkpoint is written durably and finished segments are
 // removed.
+//
+// When the checkpoint cannot be written (a full disk), the replay position
+// moves on all the same and the error wraps ErrCheckpoint: the records are
+// stored, and publishing them again and again would only pile up copies
+// once the duplicate window has passed. Only a restart before a later
+// checkpoint is saved replays them again (duplicates within the window).
 func (s *Spool) Commit(pos Position, recs []Record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := writeCheckpoint(s.dir, pos); err != nil {
-		return err
+	cpErr := writeCheckpoint(s.dir, pos)
+	if cpErr != nil {
+		cpErr = fmt.Errorf("%w: %w", ErrCheckpoint, cpErr)
 	}
 	var freed int64
 	// Bytes freed: the rest of every segment before pos.Seg, plus the part of
@@ -145,16 +216,55 @@ func (s *Spool) Commit(pos Position, recs []Record) error {
 			s.devices[r.Device]--
 		}
 	}
-	return nil
+	if pos.Seg == s.wSeg && pos.Off >= s.wOff {
+		// Everything written is replayed: counts that disagree (records
+		// lost to damage on disk, skipped by readFrom) are put right.
+		s.records, s.bytes = 0, 0
+		clear(s.devices)
+	}
+	return cpErr
+}
+
+// checkpointText is the checkpoint's content: fixed width, so that it can
+// be overwritten in place, which needs no new disk block, when a full disk
+// refuses the new file the atomic rename needs.
+func checkpointText(pos Position) []byte {
+	return fmt.Appendf(nil, "%020d %020d\n", pos.Seg, pos.Off)
 }
 
 func writeCheckpoint(dir string, pos Position) error {
+	err := writeCheckpointAtomic(dir, pos)
+	if err == nil {
+		return nil
+	}
+	// In place: a crash in the middle of this write leaves a checkpoint
+	// that does not parse, and replay starts over (duplicates, no loss).
+	f, ferr := os.OpenFile(filepath.Join(dir, checkpoint), os.O_WRONLY, 0)
+	if ferr != nil {
+		return err
+	}
+	defer f.Close()
+	st, ferr := f.Stat()
+	text := checkpointText(pos)
+	if ferr != nil || st.Size() != int64(len(text)) {
+		return err
+	}
+	if _, ferr := f.WriteAt(text, 0); ferr != nil {
+		return err
+	}
+	if ferr := f.Sync(); ferr != nil {
+		return err
+	}
+	return nil
+}
+
+func writeCheckpointAtomic(dir string, pos Position) error {
 	tmp := filepath.Join(dir, checkpoint+".tmp")
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
 	if err != nil {
 		return fmt.Errorf("spool checkpoint: %w", err)
 	}
-	if _, err := fmt.Fprintf(f, "%d %d\n", pos.Seg, pos.Off); err != nil {
+	if _, err := f.Write(checkpointText(pos)); err != nil {
 		f.Close()
 		return fmt.Errorf("spool checkpoint: %w", err)
 	}

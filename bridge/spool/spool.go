@@ -10,8 +10,11 @@
 //	payload = u16 len + subject | u16 len + msg id | u16 len + device id | data
 //
 // A record whose length runs past the end of the file or whose checksum does
-// not match is a torn write (a crash mid-append): it and everything after it
-// in that segment is cut off at open, never replayed.
+// not match, with no sound record after it, is a torn write (a crash
+// mid-append): it is cut off at open, never replayed. One with sound records
+// after it is damage: at open its bytes are moved to a file of their own and
+// the records behind it kept; found while reading, it is skipped and
+// reported (Damage). Only the part of a segment not yet replayed is checked.
 package spool
 
 import (
@@ -44,6 +47,10 @@ var ErrFull = errors.New("spool full")
 // ErrLocked is returned by Open when another process has the spool dir open.
 var ErrLocked = errors.New("spool dir locked")
 
+// ErrCheckpoint is wrapped by Commit's error when the replay position could
+// not be saved; the position moved on all the same.
+var ErrCheckpoint = errors.New("spool checkpoint not saved")
+
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("spool closed")
 
@@ -66,6 +73,10 @@ type Spool struct {
 	unlock   func() // releases the spool dir's lock (lockDir)
 
 	asideMu sync.Mutex // serialises SetAside
+
+	damageMu   sync.Mutex
+	damage     []string        // found by readers, not yet reported (Damage)
+	damageSeen map[string]bool // reported once per place
 
 	mu          sync.Mutex
 	cond        *sync.Cond // signalled when records are appended
@@ -133,23 +144,28 @@ func Open(dir string, maxBytes int64) (*Spool, error) {
 		}
 	}
 	for _, n := range s.segs {
-		good, _, err := s.scan(n)
-		if err != nil {
-			return nil, err
-		}
 		from := int64(0)
 		if n == s.readSeg {
 			from = s.readOff
 		}
+		good, _, err := s.scan(n, from)
+		if err != nil {
+			return nil, err
+		}
 		if good > from {
 			s.bytes += good - from
+		} else if n == s.readSeg && s.readOff > good {
+			s.readOff = good // a checkpoint past the segment's end
 		}
 	}
 	s.devices = map[string]int{}
 	s.countPending()
 	if len(s.segs) == 0 {
-		s.segs = []int64{1}
-		s.readSeg, s.readOff = 1, 0
+		// Numbered past the checkpoint, so that a checkpoint left behind
+		// (segments removed by hand) never marks the new one as replayed.
+		first := max(s.readSeg+1, 1)
+		s.segs = []int64{first}
+		s.readSeg, s.readOff = first, 0
 	}
 	s.wSeg = s.segs[len(s.segs)-1]
 	w, err := os.OpenFile(s.segPath(s.wSeg), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
@@ -173,37 +189,143 @@ func (s *Spool) segPath(n int64) string {
 	return filepath.Join(s.dir, fmt.Sprintf("%s%09d%s", segPrefix, n, segSuffix))
 }
 
-// scan validates segment n, cuts off a torn tail, and returns the length of
-// its valid prefix and its record count.
-func (s *Spool) scan(n int64) (int64, int64, error) {
+// scan validates segment n from offset from on (what lies before the
+// checkpoint was replayed already and is not read), and returns the length
+// of its valid data and its record count from there. A bad record followed
+// by good ones is damage: the damaged bytes are moved to a file of their
+// own (seg-<n>.spool.damaged-<offset>) and the segment rewritten without
+// them, so the records behind them are kept. A bad record with nothing good
+// behind it is a torn tail (a crash mid-append): it is cut off.
+func (s *Spool) scan(n, from int64) (int64, int64, error) {
 	path := s.segPath(n)
+	var recs int64
+	for {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return 0, 0, fmt.Errorf("spool: %w", err)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return 0, 0, fmt.Errorf("spool: %w", err)
+		}
+		size := st.Size()
+		off := min(from, size)
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			f.Close()
+			return 0, 0, fmt.Errorf("spool: %w", err)
+		}
+		r := bufio.NewReaderSize(f, 1<<20)
+		var bad error
+		for {
+			_, n, err := readRecord(r)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				bad = err
+				break
+			}
+			off += n
+			recs++
+		}
+		if bad == nil {
+			f.Close()
+			return off, recs, nil
+		}
+		rest := make([]byte, size-off)
+		_, rerr := f.ReadAt(rest, off)
+		f.Close()
+		if rerr != nil {
+			return 0, 0, fmt.Errorf("spool: read %s: %w", path, rerr)
+		}
+		next := resync(rest)
+		if next < 0 {
+			// A torn tail.
+			s.Repaired = append(s.Repaired, fmt.Sprintf("%s: %v at offset %d; cut %d bytes", filepath.Base(path), bad, off, size-off))
+			if err := truncateSync(path, off); err != nil {
+				return 0, 0, err
+			}
+			return off, recs, nil
+		}
+		// Damage with good records behind it.
+		keep := filepath.Join(s.dir, fmt.Sprintf("%s.damaged-%d", filepath.Base(path), off))
+		if err := os.WriteFile(keep, rest[:next], 0o640); err != nil {
+			return 0, 0, fmt.Errorf("spool: keep the damaged bytes of %s: %w", path, err)
+		}
+		if err := cutOut(path, off, int64(next)); err != nil {
+			return 0, 0, err
+		}
+		s.Repaired = append(s.Repaired, fmt.Sprintf("%s: %v at offset %d; %d damaged bytes moved to %s, the records behind them kept",
+			filepath.Base(path), bad, off, next, filepath.Base(keep)))
+		from = off // scan on from there: what followed the damage
+	}
+}
+
+// resync returns the offset of the first record in b after its start whose
+// header and checksum are sound, or -1.
+func resync(b []byte) int {
+	for i := 1; i+headerLen <= len(b); i++ {
+		size := int(binary.BigEndian.Uint32(b[i:]))
+		if size == 0 || size > maxRecord || i+headerLen+size > len(b) {
+			continue
+		}
+		payload := b[i+headerLen : i+headerLen+size]
+		if crc32.Checksum(payload, castagnoli) != binary.BigEndian.Uint32(b[i+4:]) {
+			continue
+		}
+		if _, err := decodePayload(payload); err == nil {
+			return i
+		}
+	}
+	return -1
+}
+
+func truncateSync(path string, size int64) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return 0, 0, fmt.Errorf("spool: %w", err)
+		return fmt.Errorf("spool: %w", err)
 	}
 	defer f.Close()
-	r := bufio.NewReaderSize(f, 1<<20)
-	var off, recs int64
-	for {
-		_, size, err := readRecord(r)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			st, _ := f.Stat()
-			s.Repaired = append(s.Repaired, fmt.Sprintf("%s: %v at offset %d; cut %d bytes", filepath.Base(path), err, off, st.Size()-off))
-			if err := f.Truncate(off); err != nil {
-				return 0, 0, fmt.Errorf("spool: truncate torn tail of %s: %w", path, err)
-			}
-			if err := f.Sync(); err != nil {
-				return 0, 0, fmt.Errorf("spool: %w", err)
-			}
-			break
-		}
-		off += size
-		recs++
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("spool: truncate torn tail of %s: %w", path, err)
 	}
-	return off, recs, nil
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	return nil
+}
+
+// cutOut rewrites the file at path without the n bytes at off: a copy,
+// fsync'd, renamed over it.
+func cutOut(path string, off, n int64) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	_, err = f.Write(b[:off])
+	if err == nil {
+		_, err = f.Write(b[off+n:])
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("spool: rewrite %s without its damaged bytes: %w", path, err)
+	}
+	return syncDir(filepath.Dir(path))
 }
 
 var errTorn = errors.New("torn or corrupt record")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -158,9 +159,147 @@ func TestCorruptRecordDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if len(s.Repaired) != 1 || !strings.Contains(s.Repaired[0], "moved to seg-000000001.spool.damaged-") {
+		t.Fatalf("repair not reported: %q", s.Repaired)
+	}
+	// The damaged record is lost; the one behind it is kept.
 	ids := drain(t, s, 10)
-	if fmt.Sprint(ids) != "[id-000000]" {
-		t.Fatalf("garbage replayed: %v", ids)
+	if fmt.Sprint(ids) != "[id-000000 id-000002]" {
+		t.Fatalf("replayed %v, want the records around the damaged one", ids)
+	}
+	if kept, _ := filepath.Glob(filepath.Join(dir, "*.damaged-*")); len(kept) != 1 {
+		t.Fatalf("damaged bytes not kept for the operator: %v", kept)
+	}
+}
+
+// Damage in the part of a segment already replayed (before the checkpoint)
+// is not read at all: the records not yet replayed are all kept, and new
+// ones go after them.
+func TestDamageBeforeTheCheckpointIsIgnored(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir, 0)
+	for i := range 10 {
+		s.Append([]Record{rec(i)})
+	}
+	recs, pos, _ := s.Peek(5)
+	if err := s.Commit(pos, recs); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	path := filepath.Join(dir, "seg-000000001.spool")
+	b, _ := os.ReadFile(path)
+	b[12] ^= 0xFF // inside record 0, replayed already
+	os.WriteFile(path, b, 0o640)
+
+	s, err := Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.Stats(); n != 5 {
+		t.Fatalf("spool counts %d records, want the 5 not yet replayed", n)
+	}
+	s.Append([]Record{rec(10)})
+	s.Close()
+	s, err = Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if ids := drain(t, s, 3); fmt.Sprint(ids) != "[id-000005 id-000006 id-000007 id-000008 id-000009 id-000010]" {
+		t.Fatalf("replayed %v", ids)
+	}
+}
+
+// Damage that appears while the spool is open (the disk; a failed append
+// that could not be undone) is skipped to the next sound record and
+// reported by Damage; once everything is replayed the counts are right
+// again, so the spool is Empty and holds no device.
+func TestDamageWhileOpenIsSkippedAndReported(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir, 0)
+	defer s.Close()
+	for i := range 6 {
+		s.Append([]Record{rec(i)})
+	}
+	path := filepath.Join(dir, "seg-000000001.spool")
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, _ := appendRecord(nil, rec(0))
+	f.WriteAt([]byte{0xFF, 0xFF}, int64(2*len(one)+10)) // inside record 2
+	f.Close()
+	ids := drain(t, s, 10)
+	if fmt.Sprint(ids) != "[id-000000 id-000001 id-000003 id-000004 id-000005]" {
+		t.Fatalf("replayed %v", ids)
+	}
+	if d := s.Damage(); len(d) != 1 || !strings.Contains(d[0], "bytes skipped") {
+		t.Fatalf("damage reported: %q", d)
+	}
+	if !s.Empty() || s.Holds(rec(2).Device) {
+		n, _ := s.Stats()
+		t.Fatalf("after replay: Empty %v, %d records counted, holds %s %v", s.Empty(), n, rec(2).Device, s.Holds(rec(2).Device))
+	}
+}
+
+// Segments removed by hand with the checkpoint left behind: the new segment
+// is numbered past the checkpoint, so a restart does not take it for
+// replayed and remove it.
+func TestCheckpointLeftBehindKeepsNewRecords(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "checkpoint"), []byte("7 100\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := Open(dir, 0)
+	s.Append([]Record{rec(1), rec(2)})
+	s.Close()
+	s, err := Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if ids := drain(t, s, 10); fmt.Sprint(ids) != "[id-000001 id-000002]" {
+		t.Fatalf("replayed %v", ids)
+	}
+}
+
+// A checkpoint that cannot be written: the replay position moves on all
+// the same (the records are stored; publishing them again and again would
+// pile up copies), and Commit says so with ErrCheckpoint. Once a fixed-width
+// checkpoint exists, a full disk can still overwrite it in place.
+func TestCheckpointFailureStillMovesOn(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir, 0)
+	defer s.Close()
+	for i := range 4 {
+		s.Append([]Record{rec(i)})
+	}
+	// checkpoint.tmp as a directory: the atomic write fails, and no
+	// checkpoint exists yet to overwrite in place.
+	if err := os.Mkdir(filepath.Join(dir, "checkpoint.tmp"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	recs, pos, _ := s.Peek(2)
+	if err := s.Commit(pos, recs); !errors.Is(err, ErrCheckpoint) {
+		t.Fatalf("Commit = %v, want ErrCheckpoint", err)
+	}
+	recs, _, _ = s.Peek(2)
+	if len(recs) != 2 || recs[0].MsgID != "id-000002" {
+		t.Fatalf("after a failed checkpoint Peek returns %v: the same batch again", recs)
+	}
+	// With a fixed-width checkpoint on disk, the in-place overwrite works.
+	os.Remove(filepath.Join(dir, "checkpoint.tmp"))
+	recs, pos, _ = s.Peek(1)
+	if err := s.Commit(pos, recs); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(dir, "checkpoint.tmp"), 0o750)
+	recs, pos, _ = s.Peek(1)
+	if err := s.Commit(pos, recs); err != nil {
+		t.Fatalf("in-place checkpoint: %v", err)
+	}
+	if seg, off := s.loadCheckpoint(); seg != pos.Seg || off != pos.Off {
+		t.Fatalf("checkpoint on disk %d %d, want %d %d", seg, off, pos.Seg, pos.Off)
 	}
 }
 

@@ -101,7 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		defer sp.Close()
 		for _, r := range sp.Repaired {
-			log.Warn().Str("repair", r).Msg("spool: cut off a torn record left by a crash")
+			log.Warn().Str("repair", r).Msg("spool: repaired at open (a torn record left by a crash is cut off; damaged bytes before sound records are moved aside)")
 		}
 		if n, b := sp.Stats(); n > 0 {
 			log.Info().Int64("records", n).Int64("bytes", b).Msg("spool holds coordinates from before; replaying them")
