@@ -1,7 +1,10 @@
 package spool
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,16 +52,16 @@ func (s *Spool) SetAside(recs []Record, reason string) error {
 // one write to a file opened for appending, so a bridge setting records
 // aside meanwhile does not interleave with it.
 func AppendAside(dir string, lines []AsideRecord) error {
-	var buf []byte
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // the body's bytes as they are: no \u003c for <
 	for _, l := range lines {
 		if !json.Valid(l.Data) {
 			l.Data, _ = json.Marshal(string(l.Data))
 		}
-		b, err := json.Marshal(l)
-		if err != nil {
+		if err := enc.Encode(l); err != nil { // one line, with its newline
 			return fmt.Errorf("spool: set aside: %w", err)
 		}
-		buf = append(append(buf, b...), '\n')
 	}
 	unlock, err := LockAside(dir)
 	if err != nil {
@@ -66,11 +69,20 @@ func AppendAside(dir string, lines []AsideRecord) error {
 	}
 	defer unlock()
 	path := filepath.Join(dir, AsideFile)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o640)
 	if err != nil {
 		return fmt.Errorf("spool: set aside: %w", err)
 	}
-	if _, err := f.Write(buf); err != nil {
+	out := buf.Bytes()
+	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+		// A line torn by a crash has no newline: start on a line of our
+		// own rather than glue onto it.
+		var last [1]byte
+		if _, err := f.ReadAt(last[:], st.Size()-1); err == nil && last[0] != '\n' {
+			out = append([]byte{'\n'}, out...)
+		}
+	}
+	if _, err := f.Write(out); err != nil {
 		f.Close()
 		return fmt.Errorf("spool: set aside: %w", err)
 	}
@@ -86,3 +98,50 @@ func AppendAside(dir string, lines []AsideRecord) error {
 
 // AsidePath is the path of AsideFile for this spool.
 func (s *Spool) AsidePath() string { return filepath.Join(s.dir, AsideFile) }
+
+// ReadAside reads a set-aside file: its records, and the text of what is not
+// one (a line torn by a crash, or one glued to it), which it keeps out of
+// the records. A torn line glued to a sound one gives back the sound one.
+func ReadAside(path string) (recs []AsideRecord, bad []string, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 64<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var r AsideRecord
+		if json.Unmarshal(line, &r) == nil {
+			recs = append(recs, r)
+			continue
+		}
+		// A torn line with a sound one glued after it: the sound one
+		// starts at a later {"time":.
+		found := false
+		for i := 1; i < len(line); i++ {
+			j := bytes.Index(line[i:], []byte(`{"time":`))
+			if j < 0 {
+				break
+			}
+			i += j
+			if json.Unmarshal(line[i:], &r) == nil {
+				bad = append(bad, string(line[:i]))
+				recs = append(recs, r)
+				found = true
+				break
+			}
+		}
+		if !found {
+			bad = append(bad, string(line))
+		}
+	}
+	return recs, bad, sc.Err()
+}

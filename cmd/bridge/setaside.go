@@ -1,15 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -50,13 +50,29 @@ func runSetAside(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	cfg := l.Config
 	path := filepath.Join(cfg.Spool.Dir, spool.AsideFile)
+	// Files an earlier --publish took and did not finish (killed, or NATS
+	// unreachable) hold set-aside records too.
+	leftovers, _ := filepath.Glob(path + ".publishing-*")
+	sort.Strings(leftovers)
 	if !publish {
-		recs, err := readAside(path)
-		if err != nil {
-			return err
+		var recs []spool.AsideRecord
+		var bad []string
+		for _, p := range append(leftovers, path) {
+			r, b, err := spool.ReadAside(p)
+			if err != nil {
+				return err
+			}
+			recs, bad = append(recs, r...), append(bad, b...)
 		}
 		for _, r := range recs {
 			fmt.Fprintf(stdout, "%s  %s  msg id %s  %d bytes  %s\n", r.Time.Format(time.RFC3339), r.Subject, r.MsgID, len(r.Data), r.Reason)
+		}
+		if len(bad) > 0 {
+			fmt.Fprintf(stdout, "%d unreadable fragments (a line torn by a crash); --publish keeps them in %s\n", len(bad), path+unreadableSuffix)
+		}
+		if len(recs) == 0 {
+			fmt.Fprintf(stdout, "nothing set aside in %s\n", path)
+			return nil
 		}
 		fmt.Fprintf(stdout, "%d coordinates set aside in %s; bridge set-aside --publish stores them once the server takes them\n", len(recs), path)
 		return nil
@@ -65,7 +81,7 @@ func runSetAside(ctx context.Context, args []string, stdout io.Writer) error {
 	// Take the file, so lines a running bridge appends meanwhile go to a
 	// new one.
 	work := path + ".publishing-" + strconv.FormatInt(time.Now().UnixNano(), 10)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && len(leftovers) == 0 {
 		fmt.Fprintf(stdout, "nothing set aside in %s\n", path)
 		return nil
 	}
@@ -75,17 +91,27 @@ func runSetAside(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	err = os.Rename(path, work)
 	unlock()
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			fmt.Fprintf(stdout, "nothing set aside in %s\n", path)
-			return nil
+	works := leftovers
+	switch {
+	case err == nil:
+		works = append(works, work)
+	case !errors.Is(err, os.ErrNotExist):
+		return err
+	}
+	if len(works) == 0 {
+		fmt.Fprintf(stdout, "nothing set aside in %s\n", path)
+		return nil
+	}
+	var recs []spool.AsideRecord
+	var bad []string
+	for _, w := range works {
+		r, b, err := spool.ReadAside(w)
+		if err != nil {
+			return err
 		}
-		return err
+		recs, bad = append(recs, r...), append(bad, b...)
 	}
-	recs, err := readAside(work)
-	if err != nil {
-		return err
-	}
+	work = strings.Join(works, ", ")
 	conn := cli.ConnConfig(cfg.NATS, "ubiqo-bridge-set-aside")
 	if conn.URL == "" {
 		conn.URL = "nats://" + cfg.NATS.Embedded.Listen // a running bridge's embedded server
@@ -136,8 +162,17 @@ func runSetAside(ctx context.Context, args []string, stdout io.Writer) error {
 			return fmt.Errorf("%w; the %d not stored are still in %s", err, len(left), work)
 		}
 	}
-	if err := os.Remove(work); err != nil {
-		return err
+	if len(bad) > 0 {
+		// Kept before the files they came from go.
+		if err := keepUnreadable(path+unreadableSuffix, bad); err != nil {
+			return fmt.Errorf("%w; they are still in %s", err, work)
+		}
+		fmt.Fprintf(stdout, "%d unreadable fragments (a line torn by a crash) kept in %s\n", len(bad), path+unreadableSuffix)
+	}
+	for _, w := range works {
+		if err := os.Remove(w); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(stdout, "%d stored, %d already in the stream, %d still set aside in %s\n", stored, dup, len(left), path)
 	if len(left) > 0 {
@@ -146,27 +181,24 @@ func runSetAside(ctx context.Context, args []string, stdout io.Writer) error {
 	return nil
 }
 
-func readAside(path string) ([]spool.AsideRecord, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+// unreadableSuffix names the file, beside the set-aside file, that keeps
+// what --publish could not read as a record.
+const unreadableSuffix = ".unreadable"
+
+func keepUnreadable(path string, bad []string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	defer f.Close()
-	var out []spool.AsideRecord
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 64<<20)
-	for n := 1; sc.Scan(); n++ {
-		if len(sc.Bytes()) == 0 {
-			continue
+	for _, b := range bad {
+		if _, err := fmt.Fprintln(f, b); err != nil {
+			f.Close()
+			return err
 		}
-		var r spool.AsideRecord
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", path, n, err)
-		}
-		out = append(out, r)
 	}
-	return out, sc.Err()
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

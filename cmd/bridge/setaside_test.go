@@ -137,3 +137,85 @@ func TestSetAsidePublishWithoutSpoolDir(t *testing.T) {
 		t.Fatalf("err %v, output %q; want \"nothing set aside\" and no error", err, out.String())
 	}
 }
+
+// A bridge killed in the middle of setting a record aside leaves a torn
+// line; an earlier --publish killed (or without NATS) leaves its work file.
+// Neither hides records: the next append starts on a line of its own, a
+// sound record glued to a torn one is read, --publish picks up the leftover
+// work file, and the unreadable fragment is kept for the operator.
+func TestSetAsideSurvivesTornLinesAndLeftovers(t *testing.T) {
+	srv := streamtest.Run(t)
+	_, js := streamtest.Connect(t, srv)
+	ctx := context.Background()
+	st, err := stream.Ensure(ctx, js, streamtest.Coords().StreamConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	mk := func(dev string) spool.AsideRecord {
+		subj, _ := coord.Subject("ubiqo.coords", dev)
+		return spool.AsideRecord{Time: time.Now().UTC(), Reason: "too large", Subject: subj, MsgID: "id-" + dev, Device: dev,
+			Data: []byte(`{"v":1,"device_id":"` + dev + `","lat":1,"lon":2,"note":"<&>"}`)}
+	}
+	path := filepath.Join(dir, spool.AsideFile)
+	// A line torn by a crash, glued (as an older bridge would have) to a
+	// sound record; then a sound record appended now.
+	torn := `{"time":"2026-03-01T00:00:00Z","reason":"too large","subj`
+	glued := marshalRaw(t, mk("dev-a"))
+	if err := os.WriteFile(path, []byte(torn+string(glued)+"\n"+torn), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := spool.AppendAside(dir, []spool.AsideRecord{mk("dev-b")}); err != nil {
+		t.Fatal(err)
+	}
+	// A work file an earlier --publish left behind.
+	left := marshalRaw(t, mk("dev-c"))
+	if err := os.WriteFile(path+".publishing-1", append(left, '\n'), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--spool.dir", dir, "--nats.url", srv.ClientURL()}
+	var out bytes.Buffer
+	if err := run(ctx, append([]string{"set-aside"}, args...), &out, &out); err != nil {
+		t.Fatalf("list: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "3 coordinates set aside") || !strings.Contains(out.String(), "2 unreadable fragments") {
+		t.Fatalf("list output:\n%s", out.String())
+	}
+	out.Reset()
+	if err := run(ctx, append([]string{"set-aside", "--publish"}, args...), &out, &out); err != nil {
+		t.Fatalf("publish: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "3 stored") {
+		t.Fatalf("publish output:\n%s", out.String())
+	}
+	for _, dev := range []string{"dev-a", "dev-b", "dev-c"} {
+		subj, _ := coord.Subject("ubiqo.coords", dev)
+		m, err := st.GetLastMsgForSubject(ctx, subj)
+		if err != nil {
+			t.Fatalf("%s not stored: %v", dev, err)
+		}
+		if !strings.Contains(string(m.Data), `"note":"<&>"`) {
+			t.Errorf("%s stored as %s: the body's bytes changed", dev, m.Data)
+		}
+	}
+	kept, err := os.ReadFile(path + ".unreadable")
+	if err != nil || strings.Count(string(kept), torn) != 2 {
+		t.Fatalf("unreadable fragments not kept: %v %q", err, kept)
+	}
+	if matches, _ := filepath.Glob(path + ".publishing-*"); len(matches) != 0 {
+		t.Errorf("work files left behind: %v", matches)
+	}
+}
+
+// marshalRaw is json.Marshal without HTML escaping, as the bridge writes
+// set-aside lines.
+func marshalRaw(t *testing.T, v any) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+}
