@@ -154,6 +154,10 @@ func TestValidationNamesKey(t *testing.T) {
 		{"admin on the webhook's address", Bridge, nil, []string{"--http.addr=:9000", "--http.admin_addr=:9000"}, []string{"http.admin_addr", "must differ"}},
 		{"admin address", Bridge, nil, []string{"--http.admin_addr=nowhere"}, []string{"http.admin_addr"}},
 		{"subscriber pprof without listener", Persister, nil, []string{"--http.pprof"}, []string{"http.pprof", "needs http.addr"}},
+		{"port out of range", Bridge, nil, []string{"--http.addr=:99999"}, []string{"http.addr", "0 to 65535"}},
+		{"nats port out of range", Bridge, nil, []string{"--nats.url=nats://h:99999"}, []string{"nats.url", "1 to 65535"}},
+		{"postgres with the SQLite DSN", Persister, nil, []string{"--persist.driver=postgres"}, []string{"persist.dsn", "PostgreSQL URL"}},
+		{"postgres with garbage", Persister, nil, []string{"--persist.driver=postgres", "--persist.dsn=garbage here"}, []string{"persist.dsn"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

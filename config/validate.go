@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -147,6 +148,8 @@ func (c *Config) Validate(b Binary) error {
 		}
 		if c.Persist.DSN == "" {
 			v.bad("persist.dsn", "", "must not be empty")
+		} else if c.Persist.Driver == "postgres" && !postgresDSN(c.Persist.DSN) {
+			v.bad("persist.dsn", MaskDSN(c.Persist.DSN), "must be a PostgreSQL URL (postgres://user@host:5432/db) or key=value DSN (host=... dbname=...) for persist.driver postgres")
 		}
 	}
 
@@ -209,7 +212,14 @@ func (v *validator) pair(k1, v1, k2, v2 string) {
 func (v *validator) hostPort(key, addr string) {
 	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 		v.bad(key, addr, "must be host:port, e.g. :8080 or 127.0.0.1:8080")
+	} else if !validPort(port) {
+		v.bad(key, addr, "port must be a number from 0 to 65535")
 	}
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 0 && n <= 65535
 }
 
 func checkNATSURL(s string) error {
@@ -230,6 +240,9 @@ func checkNATSURL(s string) error {
 	}
 	if u.Host == "" {
 		return errors.New("no host")
+	}
+	if p := u.Port(); p != "" && (!validPort(p) || p == "0") {
+		return fmt.Errorf("port %q: want 1 to 65535", p)
 	}
 	return nil
 }
@@ -316,4 +329,22 @@ func MaskDSN(dsn string) string {
 		return queryPasswordRE.ReplaceAllString(scheme+"://"+rest, "${1}"+masked)
 	}
 	return userinfoRE.ReplaceAllString(dsn, "$1="+masked)
+}
+
+// postgresDSN reports whether dsn has the shape of a PostgreSQL connection
+// string: a postgres:// or postgresql:// URL, or libpq key=value pairs.
+func postgresDSN(dsn string) bool {
+	l := strings.ToLower(strings.TrimSpace(dsn))
+	if strings.HasPrefix(l, "postgres://") || strings.HasPrefix(l, "postgresql://") {
+		return true
+	}
+	if strings.Contains(l, "://") || strings.HasPrefix(l, "file:") {
+		return false
+	}
+	for _, f := range strings.Fields(l) {
+		if k, _, ok := strings.Cut(f, "="); ok && k != "" {
+			return true
+		}
+	}
+	return false
 }
