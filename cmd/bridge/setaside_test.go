@@ -45,18 +45,17 @@ func TestSetAsideListAndPublish(t *testing.T) {
 	}
 	args := []string{"--spool.dir", dir, "--nats.url", srv.ClientURL()}
 
-	var out bytes.Buffer
-	if err := run(ctx, append([]string{"set-aside"}, args...), &out, &out); err != nil {
-		t.Fatalf("list: %v\n%s", err, out.String())
+	out, err := setAside(ctx, args, false)
+	if err != nil {
+		t.Fatalf("list: %v\n%s", err, out)
 	}
-	if !strings.Contains(out.String(), "2 coordinates set aside") || !strings.Contains(out.String(), "msg id id-dev-2") {
-		t.Errorf("list output:\n%s", out.String())
+	if !strings.Contains(out, "2 coordinates set aside") || !strings.Contains(out, "msg id id-dev-2") {
+		t.Errorf("list output:\n%s", out)
 	}
 
-	out.Reset()
-	err = run(ctx, append([]string{"set-aside", "--publish"}, args...), &out, &out)
-	if err == nil || !strings.Contains(out.String(), "1 stored, 0 already in the stream, 1 still set aside") {
-		t.Fatalf("publish: %v\n%s", err, out.String())
+	out, err = setAside(ctx, args, true)
+	if err == nil || !strings.Contains(out, "1 stored, 0 already in the stream, 1 still set aside") {
+		t.Fatalf("publish: %v\n%s", err, out)
 	}
 	m, err := st.GetLastMsgForSubject(ctx, small.Subject)
 	if err != nil {
@@ -174,19 +173,12 @@ func TestSetAsideSurvivesTornLinesAndLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := []string{"--spool.dir", dir, "--nats.url", srv.ClientURL()}
-	var out bytes.Buffer
-	if err := run(ctx, append([]string{"set-aside"}, args...), &out, &out); err != nil {
-		t.Fatalf("list: %v\n%s", err, out.String())
+	out, err := setAside(ctx, args, false)
+	if err != nil || !strings.Contains(out, "3 coordinates set aside") || !strings.Contains(out, "2 unreadable fragments") {
+		t.Fatalf("list: %v\n%s", err, out)
 	}
-	if !strings.Contains(out.String(), "3 coordinates set aside") || !strings.Contains(out.String(), "2 unreadable fragments") {
-		t.Fatalf("list output:\n%s", out.String())
-	}
-	out.Reset()
-	if err := run(ctx, append([]string{"set-aside", "--publish"}, args...), &out, &out); err != nil {
-		t.Fatalf("publish: %v\n%s", err, out.String())
-	}
-	if !strings.Contains(out.String(), "3 stored") {
-		t.Fatalf("publish output:\n%s", out.String())
+	if out, err = setAside(ctx, args, true); err != nil || !strings.Contains(out, "3 stored") {
+		t.Fatalf("publish: %v\n%s", err, out)
 	}
 	for _, dev := range []string{"dev-a", "dev-b", "dev-c"} {
 		subj, _ := coord.Subject("ubiqo.coords", dev)
@@ -218,4 +210,16 @@ func marshalRaw(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+}
+
+// setAside runs `bridge set-aside` (with --publish when publish) and
+// returns what it printed.
+func setAside(ctx context.Context, args []string, publish bool) (string, error) {
+	cmd := []string{"set-aside"}
+	if publish {
+		cmd = append(cmd, "--publish")
+	}
+	var out bytes.Buffer
+	err := run(ctx, append(cmd, args...), &out, &out)
+	return out.String(), err
 }
