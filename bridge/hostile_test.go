@@ -294,3 +294,30 @@ func TestShutdownGraceRunsOut(t *testing.T) {
 		t.Fatalf("%d messages published", n)
 	}
 }
+
+// While NATS is down a load balancer's readiness probes answer 503 every
+// few seconds: that is expected, so their access log lines are debug, not
+// warnings that would flood the log.
+func TestNotReadyProbesAreNotWarnings(t *testing.T) {
+	e := newEnv(t, nil)
+	e.nats.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a := e.do(t, http.MethodGet, "/readyz", "", nil, nil)
+		if a.Status == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still %d with NATS down", a.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, line := range strings.Split(e.logs.String(), "\n") {
+		if strings.Contains(line, `"route":"/readyz"`) && strings.Contains(line, `"status":503`) && !strings.Contains(line, `"level":"debug"`) {
+			t.Fatalf("a not-ready probe logged above debug: %s", line)
+		}
+	}
+	if !strings.Contains(e.logs.String(), `"route":"/readyz"`) {
+		t.Fatal("no access log line for the probe at all")
+	}
+}

@@ -115,7 +115,12 @@ func methodLabel(m string) string {
 
 func (s *Server) accessLog(c echo.Context, id, route string, status int, elapsed time.Duration) {
 	var ev *zerolog.Event
+	probe := route == "/healthz" || route == "/readyz"
 	switch {
+	case probe && status == http.StatusServiceUnavailable:
+		// A load balancer asks every few seconds: "not ready" while NATS
+		// is down is expected, and the bridge says so once on its own.
+		ev = s.log.Debug()
 	case status >= 500:
 		ev = s.log.Warn()
 	case s.opts.AccessLog == "none", s.opts.AccessLog == "errors" && status < 400:

@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 	_ "time/tzdata" // ingest.default_timezone must load in minimal images
 
@@ -59,6 +60,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info().Str("version", config.Version).Interface("config", l.Masked()).Msg("starting")
 	if cfg.Auth.Open() {
 		log.Warn().Msg("auth.tokens is empty: the webhook accepts calls from anyone; set auth.tokens in production")
+	}
+	for _, t := range cfg.Auth.Tokens {
+		if placeholderToken(t) {
+			// docker-compose.yml's default: anyone who read it knows it.
+			log.Warn().Msg("auth.tokens holds a placeholder (change-me, changeme, secret, token...): set a real secret")
+			break
+		}
 	}
 
 	natsURL := cfg.NATS.URL
@@ -192,4 +200,14 @@ func runToken(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, subj)
 	return nil
+}
+
+// placeholderToken reports whether t is one of the words examples and
+// templates put where a secret goes.
+func placeholderToken(t string) bool {
+	switch strings.ToLower(strings.TrimSpace(t)) {
+	case "change-me", "changeme", "change_me", "secret", "token", "password", "test", "example":
+		return true
+	}
+	return false
 }

@@ -154,3 +154,11 @@ func TestRunBadConfigNamesKey(t *testing.T) {
 		t.Fatalf("--version: %v %q", err, out.String())
 	}
 }
+
+func TestPlaceholderTokens(t *testing.T) {
+	for tok, want := range map[string]bool{"change-me": true, " CHANGEME ": true, "secret": true, "k3Qz-8vA1-0aL": false, "": false} {
+		if got := placeholderToken(tok); got != want {
+			t.Errorf("placeholderToken(%q) = %v, want %v", tok, got, want)
+		}
+	}
+}

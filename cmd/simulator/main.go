@@ -86,6 +86,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if sum.Sent > 0 && sum.Answered == 0 {
 		return errors.New("no request was answered; is the bridge running at simulator.url?")
 	}
+	if n := sum.Status[401]; n > 0 && n == sum.Answered {
+		// Still exit 0 (every request was answered, as documented), but
+		// say why nothing was stored.
+		fmt.Fprintln(stderr, "simulator: every answer was 401: set simulator.token to one of the bridge's auth.tokens")
+	}
 	return nil
 }
 

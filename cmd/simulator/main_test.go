@@ -205,3 +205,19 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// Every answer a 401 (no simulator.token, or the wrong one): the run still
+// ends 0, as every request was answered, but says what to set.
+func TestRunEveryAnswer401SaysWhy(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":"missing or invalid token"}`, http.StatusUnauthorized)
+	}))
+	defer srv.Close()
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"--simulator.url=" + srv.URL, "--simulator.count=3"}, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "every answer was 401: set simulator.token") {
+		t.Fatalf("stderr:\n%s", stderr.String())
+	}
+}
