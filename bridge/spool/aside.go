@@ -20,8 +20,9 @@ const AsideFile = "set-aside.jsonl"
 // asideLockFile is the lock file of LockAside; dirLockFile the one an open
 // spool holds.
 const (
-	asideLockFile = "set-aside.lock"
-	dirLockFile   = "spool.lock"
+	asideLockFile   = "set-aside.lock"
+	publishLockFile = "set-aside-publish.lock"
+	dirLockFile     = "spool.lock"
 )
 
 // AsideRecord is one line of AsideFile. Data is the message body (canonical
@@ -119,7 +120,7 @@ func ReadAside(path string) (recs []AsideRecord, bad []string, err error) {
 			continue
 		}
 		var r AsideRecord
-		if json.Unmarshal(line, &r) == nil {
+		if json.Unmarshal(line, &r) == nil && r.complete() {
 			recs = append(recs, r)
 			continue
 		}
@@ -132,7 +133,7 @@ func ReadAside(path string) (recs []AsideRecord, bad []string, err error) {
 				break
 			}
 			i += j
-			if json.Unmarshal(line[i:], &r) == nil {
+			if r = (AsideRecord{}); json.Unmarshal(line[i:], &r) == nil && r.complete() {
 				bad = append(bad, string(line[:i]))
 				recs = append(recs, r)
 				found = true
@@ -144,4 +145,11 @@ func ReadAside(path string) (recs []AsideRecord, bad []string, err error) {
 		}
 	}
 	return recs, bad, sc.Err()
+}
+
+// complete reports whether r has what publishing it needs: a line that
+// parses without them is a fragment (a device's own {"time":...} object in
+// a torn line), not a record.
+func (r *AsideRecord) complete() bool {
+	return r.Subject != "" && r.MsgID != "" && len(r.Data) > 0
 }

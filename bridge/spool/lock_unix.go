@@ -61,3 +61,31 @@ func lockDir(dir string) (unlock func(), err error) {
 		f.Close()
 	}, nil
 }
+
+// LockPublish takes, without waiting, the lock one `bridge set-aside
+// --publish` holds while it runs: a second one would take the first one's
+// work file for a leftover and write its records back twice.
+func LockPublish(dir string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(dir, publishLockFile), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("spool: set-aside publish lock: %w", err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err == syscall.EWOULDBLOCK {
+		f.Close()
+		return nil, fmt.Errorf("another bridge set-aside --publish is running on %s", dir)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("spool: set-aside publish lock: %w", err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}

@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Record is one spooled coordinate message.
@@ -91,6 +92,7 @@ type Spool struct {
 	queue       []*pendingAppend // appends waiting for the next group commit
 	queuedBytes int64
 	flushing    bool
+	mustRotate  bool  // a failed write left bytes in the write segment
 	readSeg     int64 // checkpoint: next record to replay
 	readOff     int64
 	Repaired    []string // what Open cut off, for the caller to log
@@ -121,6 +123,10 @@ func Open(dir string, maxBytes int64) (*Spool, error) {
 	}
 	for _, e := range entries {
 		name := e.Name()
+		if strings.HasPrefix(name, segPrefix) && strings.HasSuffix(name, segSuffix+".tmp") {
+			_ = os.Remove(filepath.Join(dir, name)) // a rewrite (cutOut) a crash cut short
+			continue
+		}
 		if !strings.HasPrefix(name, segPrefix) || !strings.HasSuffix(name, segSuffix) {
 			continue
 		}
@@ -193,9 +199,10 @@ func (s *Spool) segPath(n int64) string {
 // checkpoint was replayed already and is not read), and returns the length
 // of its valid data and its record count from there. A bad record followed
 // by good ones is damage: the damaged bytes are moved to a file of their
-// own (seg-<n>.spool.damaged-<offset>) and the segment rewritten without
-// them, so the records behind them are kept. A bad record with nothing good
-// behind it is a torn tail (a crash mid-append): it is cut off.
+// own (seg-<n>.spool.damaged-<offset>-<time>) and the segment rewritten
+// without them, so the records behind them are kept. A bad record with
+// nothing sound behind it is a torn tail (a crash mid-append): it is cut
+// off.
 func (s *Spool) scan(n, from int64) (int64, int64, error) {
 	path := s.segPath(n)
 	var recs int64
@@ -239,6 +246,12 @@ func (s *Spool) scan(n, from int64) (int64, int64, error) {
 		if rerr != nil {
 			return 0, 0, fmt.Errorf("spool: read %s: %w", path, rerr)
 		}
+		// Sound records behind a bad one are kept, also in the segment
+		// being written when the bridge stopped: there they may be pages
+		// of a last write that a power loss kept without the one before
+		// (never acknowledged: a retry stores them once), but they may as
+		// well be acknowledged records behind damage, which must not be
+		// lost.
 		next := resync(rest)
 		if next < 0 {
 			// A torn tail.
@@ -249,8 +262,8 @@ func (s *Spool) scan(n, from int64) (int64, int64, error) {
 			return off, recs, nil
 		}
 		// Damage with good records behind it.
-		keep := filepath.Join(s.dir, fmt.Sprintf("%s.damaged-%d", filepath.Base(path), off))
-		if err := os.WriteFile(keep, rest[:next], 0o640); err != nil {
+		keep := filepath.Join(s.dir, fmt.Sprintf("%s.damaged-%d-%d", filepath.Base(path), off, time.Now().UnixNano()))
+		if err := writeFileSync(keep, rest[:next]); err != nil {
 			return 0, 0, fmt.Errorf("spool: keep the damaged bytes of %s: %w", path, err)
 		}
 		if err := cutOut(path, off, int64(next)); err != nil {
@@ -262,23 +275,58 @@ func (s *Spool) scan(n, from int64) (int64, int64, error) {
 	}
 }
 
-// resync returns the offset of the first record in b after its start whose
-// header and checksum are sound, or -1.
+// resync returns the offset of the first record in b after its start that
+// is sound and is followed by another sound record or by the end of b, or
+// -1. The second condition keeps most of what a damaged record's data
+// happens to hold from being taken for a record. A whole encoded record
+// inside a record's data, at its very end, would still pass: the bridge's
+// bodies are JSON, which holds no 0x00 byte, while every record header
+// starts with one.
 func resync(b []byte) int {
 	for i := 1; i+headerLen <= len(b); i++ {
-		size := int(binary.BigEndian.Uint32(b[i:]))
-		if size == 0 || size > maxRecord || i+headerLen+size > len(b) {
+		n := soundAt(b, i)
+		if n == 0 {
 			continue
 		}
-		payload := b[i+headerLen : i+headerLen+size]
-		if crc32.Checksum(payload, castagnoli) != binary.BigEndian.Uint32(b[i+4:]) {
-			continue
-		}
-		if _, err := decodePayload(payload); err == nil {
+		if end := i + n; end == len(b) || soundAt(b, end) > 0 {
 			return i
 		}
 	}
 	return -1
+}
+
+// soundAt returns the size of the sound record at b[i:], or 0.
+func soundAt(b []byte, i int) int {
+	if i+headerLen > len(b) {
+		return 0
+	}
+	size := int(binary.BigEndian.Uint32(b[i:]))
+	if size < 6 || size > maxRecord || i+headerLen+size > len(b) {
+		return 0
+	}
+	payload := b[i+headerLen : i+headerLen+size]
+	if _, err := decodePayload(payload); err != nil { // cheaper than the checksum
+		return 0
+	}
+	if crc32.Checksum(payload, castagnoli) != binary.BigEndian.Uint32(b[i+4:]) {
+		return 0
+	}
+	return headerLen + size
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func truncateSync(path string, size int64) error {
@@ -465,7 +513,7 @@ func (s *Spool) flush() {
 			size += len(p.buf)
 		}
 		var err error
-		if s.wOff > 0 && s.wOff+int64(size) > s.segSize {
+		if s.wOff > 0 && (s.wOff+int64(size) > s.segSize || s.mustRotate) {
 			err = s.rotate()
 		}
 		w, off := s.w, s.wOff
@@ -489,6 +537,13 @@ func (s *Spool) flush() {
 			s.wOff += int64(size)
 			s.bytes += int64(size)
 			s.cond.Broadcast()
+		} else if st, serr := w.Stat(); serr == nil && st.Size() != off {
+			// The failed write left bytes that could not be cut off.
+			// The file is opened for appending, so the next write lands
+			// after them: wOff follows the file, readers skip the bytes
+			// as damage, and the next group goes to a new segment.
+			s.wOff = st.Size()
+			s.mustRotate = true
 		}
 		s.mu.Unlock()
 		for _, p := range group {
@@ -539,6 +594,7 @@ func (s *Spool) rotate() error {
 	_ = s.w.Close()
 	s.w, s.wSeg, s.wOff = w, next, 0
 	s.segs = append(s.segs, next)
+	s.mustRotate = false
 	return nil
 }
 

@@ -382,3 +382,19 @@ func BenchmarkAppendParallel(b *testing.B) {
 		}
 	})
 }
+
+// A set-aside line torn right after a device's own {"time":...} object (the
+// end of the record's raw field) holds something that parses as a line but
+// is no record: it is a fragment, not a record without subject or id that
+// could never be published.
+func TestReadAsideTornLineIsNoPhantom(t *testing.T) {
+	dir := t.TempDir()
+	torn := `{"time":"2026-03-01T00:00:00Z","reason":"too large","subject":"ubiqo.coords.d","msg_id":"m1","device":"d","data":{"v":1,"raw":{"time":"2026-03-01T00:00:00Z","lat":1}`
+	if err := os.WriteFile(filepath.Join(dir, AsideFile), []byte(torn+"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	recs, bad, err := ReadAside(filepath.Join(dir, AsideFile))
+	if err != nil || len(recs) != 0 || len(bad) != 1 {
+		t.Fatalf("recs %+v bad %q err %v: want one fragment and no record", recs, bad, err)
+	}
+}

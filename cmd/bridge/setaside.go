@@ -50,6 +50,15 @@ func runSetAside(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	cfg := l.Config
 	path := filepath.Join(cfg.Spool.Dir, spool.AsideFile)
+	if publish {
+		if _, err := os.Stat(cfg.Spool.Dir); err == nil {
+			unlockPublish, err := spool.LockPublish(cfg.Spool.Dir)
+			if err != nil {
+				return err
+			}
+			defer unlockPublish()
+		}
+	}
 	// Files an earlier --publish took and did not finish (killed, or NATS
 	// unreachable) hold set-aside records too.
 	leftovers, _ := filepath.Glob(path + ".publishing-*")

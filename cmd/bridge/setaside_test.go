@@ -223,3 +223,26 @@ func setAside(ctx context.Context, args []string, publish bool) (string, error) 
 	err := run(ctx, append(cmd, args...), &out, &out)
 	return out.String(), err
 }
+
+// Two `set-aside --publish` at once: the second stops at once, rather than
+// take the first one's work file for a leftover and write records back
+// twice.
+func TestSetAsidePublishRunsOnce(t *testing.T) {
+	dir := t.TempDir()
+	if err := spool.AppendAside(dir, []spool.AsideRecord{{Time: time.Now().UTC(), Reason: "too large",
+		Subject: "ubiqo.coords.d", MsgID: "m", Device: "d", Data: []byte(`{"v":1}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := spool.LockPublish(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	out, err := setAside(context.Background(), []string{"--spool.dir", dir, "--nats.url", "nats://127.0.0.1:1"}, true)
+	if err == nil || !strings.Contains(err.Error(), "another bridge set-aside --publish is running") {
+		t.Fatalf("second --publish: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, spool.AsideFile)); err != nil {
+		t.Fatalf("the set-aside file was moved: %v", err)
+	}
+}
