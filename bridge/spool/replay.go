@@ -3,6 +3,7 @@ package spool
 import (
 	"bufio"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -228,8 +229,11 @@ func (s *Spool) Commit(pos Position, recs []Record) error {
 // checkpointText is the checkpoint's content: fixed width, so that it can
 // be overwritten in place, which needs no new disk block, when a full disk
 // refuses the new file the atomic rename needs.
+// A checksum of the two numbers ends the line, so that an in-place write
+// torn by a crash (old and new digits mixed) is not read as a position.
 func checkpointText(pos Position) []byte {
-	return fmt.Appendf(nil, "%020d %020d\n", pos.Seg, pos.Off)
+	nums := fmt.Appendf(nil, "%020d %020d", pos.Seg, pos.Off)
+	return fmt.Appendf(nums, " %08x\n", crc32.Checksum(nums, castagnoli))
 }
 
 func writeCheckpoint(dir string, pos Position) error {
@@ -238,7 +242,7 @@ func writeCheckpoint(dir string, pos Position) error {
 		return nil
 	}
 	// In place: a crash in the middle of this write leaves a checkpoint
-	// that does not parse, and replay starts over (duplicates, no loss).
+	// whose checksum fails, and replay starts over (duplicates, no loss).
 	f, ferr := os.OpenFile(filepath.Join(dir, checkpoint), os.O_WRONLY, 0)
 	if ferr != nil {
 		return err
@@ -287,7 +291,15 @@ func (s *Spool) loadCheckpoint() (int64, int64) {
 		return 0, 0
 	}
 	parts := strings.Fields(string(b))
-	if len(parts) != 2 {
+	switch len(parts) {
+	case 2: // before the checksum was written
+	case 3:
+		nums := b[:strings.LastIndexByte(strings.TrimRight(string(b), "\n"), ' ')]
+		sum, err := strconv.ParseUint(parts[2], 16, 32)
+		if err != nil || uint32(sum) != crc32.Checksum(nums, castagnoli) {
+			return 0, 0 // torn: replay from the start (duplicates, no loss)
+		}
+	default:
 		return 0, 0
 	}
 	seg, err1 := strconv.ParseInt(parts[0], 10, 64)
