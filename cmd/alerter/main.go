@@ -20,7 +20,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/cmd/internal/cli"
 	"github.com/ubiqo-bridge/ubiqo-bridge/config"
 	"github.com/ubiqo-bridge/ubiqo-bridge/subscribers/alert"
@@ -70,10 +69,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info().Str("version", config.Version).Interface("config", l.Masked()).Msg("configuration")
 
-	conn := cli.ConnConfig(l.NATS, "ubiqo-alerter")
-	conn.WaitConnected = true
-	nc, err := stream.Connect(conn, log)
+	nc, err := cli.ConnectWaiting(ctx, cli.ConnConfig(l.NATS, "ubiqo-alerter"), log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info().Msg("alerter stopped while waiting for NATS")
+			return nil
+		}
 		return err
 	}
 	defer func() { _ = cli.Drain(nc, l.HTTP.ShutdownTimeout) }()

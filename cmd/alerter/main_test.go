@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 	"github.com/ubiqo-bridge/ubiqo-bridge/config"
@@ -195,5 +197,46 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 func TestConfigKnowsEveryAlertKind(t *testing.T) {
 	if strings.Join(config.AlertKinds, ",") != strings.Join(alert.Kinds, ",") {
 		t.Errorf("config.AlertKinds = %v, alert.Kinds = %v", config.AlertKinds, alert.Kinds)
+	}
+}
+
+// Started before NATS, the alerter waits for it (saying so) instead of
+// exiting, then runs; stopped while it waits, it exits cleanly.
+func TestWaitsForNATSAtStart(t *testing.T) {
+	port := streamtest.FreePort(t)
+	rules := writeRules(t, rulesYAML)
+	args := []string{"--nats.url", fmt.Sprintf("nats://127.0.0.1:%d", port), "--nats.connect_timeout=200ms",
+		"--alert.rules_file", rules, "--consumer.batch_wait=10ms"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stderr lockedBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, io.Discard, &stderr) }()
+	waitFor(t, "the waiting warning", func() bool { return strings.Contains(stderr.String(), "waiting for NATS") })
+	select {
+	case err := <-done:
+		t.Fatalf("alerter exited while NATS was down: %v", err)
+	default:
+	}
+	srv := streamtest.RunWith(t, func(o *server.Options) { o.Port = port })
+	_, js := streamtest.Connect(t, srv)
+	waitFor(t, "the alerter consumer", func() bool {
+		_, err := js.Consumer(context.Background(), "COORDS", "alerter")
+		return err == nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+
+	// Stopped while waiting: a clean exit.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	args[1] = fmt.Sprintf("nats://127.0.0.1:%d", streamtest.FreePort(t))
+	var stderr2 lockedBuffer
+	go func() { done <- run(ctx2, args, io.Discard, &stderr2) }()
+	waitFor(t, "the waiting warning", func() bool { return strings.Contains(stderr2.String(), "waiting for NATS") })
+	cancel2()
+	if err := <-done; err != nil {
+		t.Fatalf("stopped while waiting: %v", err)
 	}
 }

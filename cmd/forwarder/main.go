@@ -63,8 +63,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	nc, js, err := connect(cfg, log)
+	nc, js, err := connect(ctx, cfg, log, true)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info().Msg("forwarder stopped while waiting for NATS")
+			return nil
+		}
 		return err
 	}
 	defer nc.Close()
@@ -164,10 +168,18 @@ func target(t config.ForwardTarget, prefix string) (forward.Target, error) {
 	}, nil
 }
 
-func connect(cfg *config.Config, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+// connect connects to NATS; wait: while no server answers, wait for one
+// (the service) rather than fail at once (redrive, a command).
+func connect(ctx context.Context, cfg *config.Config, log zerolog.Logger, wait bool) (*nats.Conn, jetstream.JetStream, error) {
 	conn := cli.ConnConfig(cfg.NATS, "ubiqo-forwarder")
-	conn.WaitConnected = true
-	nc, err := stream.Connect(conn, log)
+	var nc *nats.Conn
+	var err error
+	if wait {
+		nc, err = cli.ConnectWaiting(ctx, conn, log)
+	} else {
+		conn.WaitConnected = true
+		nc, err = stream.Connect(conn, log)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -254,7 +266,7 @@ func runRedrive(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	log, flushLog := cli.NewLogger(cfg.Log, "forwarder", stderr)
 	defer flushLog()
-	nc, js, err := connect(cfg, log)
+	nc, js, err := connect(ctx, cfg, log, false)
 	if err != nil {
 		return err
 	}

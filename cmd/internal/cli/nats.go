@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/config"
@@ -83,5 +85,42 @@ func CoordsConfig(s config.Stream) stream.CoordsConfig {
 		DuplicateWindow: s.DuplicateWindow,
 		Compression:     s.Compression == "s2",
 		AllowDirect:     s.AllowDirect,
+	}
+}
+
+// ConnectWaiting connects for a program that needs the connection up before
+// it starts (it creates streams and KV buckets): while no server answers it
+// waits, saying so now and then, rather than exit and be restarted; any
+// other failure (credentials, TLS) is returned at once. It gives up when
+// ctx ends.
+func ConnectWaiting(ctx context.Context, cfg stream.ConnConfig, log zerolog.Logger) (*nats.Conn, error) {
+	cfg.WaitConnected = true
+	const every = 2 * time.Second
+	var first time.Time
+	lastSaid := time.Time{}
+	for {
+		nc, err := stream.Connect(cfg, log)
+		if err == nil {
+			if !first.IsZero() {
+				log.Info().Dur("waited", time.Since(first)).Msg("NATS reachable")
+			}
+			return nc, nil
+		}
+		if !errors.Is(err, nats.ErrNoServers) {
+			return nil, err
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		if time.Since(lastSaid) >= 30*time.Second {
+			log.Warn().Err(err).Str("nats_url", config.MaskURLs(cfg.URL)).
+				Msg("waiting for NATS (nats.url); retrying every 2s")
+			lastSaid = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for NATS: %w", err)
+		case <-time.After(every):
+		}
 	}
 }
