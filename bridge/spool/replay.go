@@ -100,7 +100,11 @@ func (s *Spool) readFrom(pos Position, limit int64, max int) ([]Record, Position
 				}
 				end = st.Size()
 			}
-			rest := make([]byte, max64(end-pos.Off, 0))
+			n := end - pos.Off
+			if n < 0 {
+				n = 0
+			}
+			rest := make([]byte, n)
 			if _, rerr := f.ReadAt(rest, pos.Off); rerr != nil && rerr != io.EOF {
 				return out, pos, false, fmt.Errorf("spool read: %w", rerr)
 			}
@@ -127,13 +131,6 @@ func (s *Spool) readFrom(pos Position, limit int64, max int) ([]Record, Position
 		pos.Off += size
 	}
 	return out, pos, false, nil
-}
-
-func max64(a, b int64) int64 {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // noteDamage records damage found while reading, once per place, for
