@@ -23,13 +23,8 @@ import (
 // server takes now, with the original message id and headers, and keeps
 // the rest in the file.
 func TestSetAsideListAndPublish(t *testing.T) {
-	srv := streamtest.RunWith(t, func(o *server.Options) { o.MaxPayload = 16 << 10 })
-	_, js := streamtest.Connect(t, srv)
+	srv, st := coordsServer(t, func(o *server.Options) { o.MaxPayload = 16 << 10 })
 	ctx := context.Background()
-	st, err := stream.Ensure(ctx, js, streamtest.Coords().StreamConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	mk := func(dev, body string) spool.AsideRecord {
 		subj, err := coord.Subject("ubiqo.coords", dev)
@@ -81,13 +76,8 @@ func TestSetAsideListAndPublish(t *testing.T) {
 // share LockAside), so a line is either in what the CLI read and published,
 // or in the new file; never written into the moved file after it was read.
 func TestSetAsidePublishWaitsForAnAppendInProgress(t *testing.T) {
-	srv := streamtest.Run(t)
-	_, js := streamtest.Connect(t, srv)
+	srv, st := coordsServer(t, nil)
 	ctx := context.Background()
-	st, err := stream.Ensure(ctx, js, streamtest.Coords().StreamConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	line := func(dev string) []byte {
 		subj, _ := coord.Subject("ubiqo.coords", dev)
@@ -143,13 +133,8 @@ func TestSetAsidePublishWithoutSpoolDir(t *testing.T) {
 // sound record glued to a torn one is read, --publish picks up the leftover
 // work file, and the unreadable fragment is kept for the operator.
 func TestSetAsideSurvivesTornLinesAndLeftovers(t *testing.T) {
-	srv := streamtest.Run(t)
-	_, js := streamtest.Connect(t, srv)
+	srv, st := coordsServer(t, nil)
 	ctx := context.Background()
-	st, err := stream.Ensure(ctx, js, streamtest.Coords().StreamConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	mk := func(dev string) spool.AsideRecord {
 		subj, _ := coord.Subject("ubiqo.coords", dev)
@@ -245,4 +230,17 @@ func TestSetAsidePublishRunsOnce(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, spool.AsideFile)); err != nil {
 		t.Fatalf("the set-aside file was moved: %v", err)
 	}
+}
+
+// coordsServer starts a JetStream server (mod changes its options) with the
+// COORDS stream.
+func coordsServer(t *testing.T, mod func(*server.Options)) (*streamtest.Server, jetstream.Stream) {
+	t.Helper()
+	srv := streamtest.RunWith(t, mod)
+	_, js := streamtest.Connect(t, srv)
+	st, err := stream.Ensure(context.Background(), js, streamtest.Coords().StreamConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, st
 }
