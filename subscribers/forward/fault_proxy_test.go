@@ -2,10 +2,6 @@ package forward_test
 
 import (
 	"context"
-	"io"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,71 +9,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 )
-
-// natsProxy is a TCP proxy between the forwarder and the NATS server. In
-// blackhole mode it drops what the server sends (a network that loses the
-// tail of a TCP stream before the connection breaks); cut closes every
-// connection, after which the client reconnects through it.
-type natsProxy struct {
-	target    string
-	ln        net.Listener
-	blackhole atomic.Bool
-	mu        sync.Mutex
-	conns     []net.Conn
-}
-
-func newNATSProxy(t *testing.T, target string) *natsProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &natsProxy{target: target, ln: ln}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c); up.Close(); c.Close() }()
-			go func() {
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := up.Read(buf)
-					if n > 0 && !p.blackhole.Load() {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							break
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				up.Close()
-				c.Close()
-			}()
-		}
-	}()
-	return p
-}
-
-func (p *natsProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
 
 // A pull response lost on the wire (the connection to NATS breaks while the
 // server is delivering) is redelivered by the server after AckWait. By then
@@ -88,8 +21,8 @@ func TestForwarderSendsADeliveryLostOnTheWay(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	target := newSink(t, nil)
-	px := newNATSProxy(t, e.srv.Addr().String())
-	nc, err := stream.Connect(stream.ConnConfig{URL: "nats://" + px.ln.Addr().String(), Name: "forwarder"}, zerolog.Nop())
+	px := streamtest.NewProxy(t, e.srv.Addr().String())
+	nc, err := stream.Connect(stream.ConnConfig{URL: px.URL(), Name: "forwarder"}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +39,11 @@ func TestForwarderSendsADeliveryLostOnTheWay(t *testing.T) {
 	time.Sleep(700 * time.Millisecond) // idle: a pull request is waiting
 
 	// Coordinate 0 is delivered into a connection that loses it.
-	px.blackhole.Store(true)
+	px.Blackhole.Store(true)
 	e.publish(t, []string{"truck-01"}, 0, 1)
 	time.Sleep(300 * time.Millisecond)
-	px.cut()
-	px.blackhole.Store(false)
+	px.Cut()
+	px.Blackhole.Store(false)
 	eventually(t, 10*time.Second, "reconnected", func() bool { return nc.IsConnected() })
 
 	// The device's next coordinate flows and is delivered.
