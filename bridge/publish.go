@@ -68,7 +68,8 @@ type Publisher struct {
 	inbox   string // "_INBOX.<nuid>." — acks arrive on inbox+<id in base 36>
 	timeout time.Duration
 	sub     *nats.Subscription
-	pool    sync.Pool // *pubBatch
+	status  chan nats.Status // the connection's losses; see watch
+	pool    sync.Pool        // *pubBatch
 
 	mu       sync.Mutex
 	ring     []pending // len is a power of two
@@ -133,11 +134,51 @@ func NewPublisher(nc *nats.Conn, prefix string, maxPending int, timeout time.Dur
 	// ring already bounds how many can be outstanding.
 	_ = sub.SetPendingLimits(-1, -1)
 	p.sub = sub
+	p.status = nc.StatusChanged(nats.RECONNECTING, nats.DISCONNECTED, nats.CLOSED)
+	go p.watch()
 	return p, nil
+}
+
+// watch gives up every publish awaiting its ack as soon as the connection
+// is lost. The acks of those messages will never arrive: the messages were
+// lost with the connection, or stored with their ack lost. Waiting for the
+// publish timeout would only delay their spooling (their ids make the
+// replay of those that were stored a duplicate), and a device's newer
+// coordinates, published after the reconnect, could meanwhile be stored
+// ahead of them.
+func (p *Publisher) watch() {
+	for st := range p.status {
+		p.failPending(fmt.Errorf("the NATS connection was lost (%s) before JetStream's ack", strings.ToLower(st.String())))
+	}
+}
+
+// failPending gives up every publish awaiting its ack.
+func (p *Publisher) failPending(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.awaiting.Load() == 0 {
+		return
+	}
+	for i := range p.ring {
+		slot := p.ring[i]
+		if slot.id == 0 {
+			continue
+		}
+		b := slot.b
+		p.mark(b, slot.idx, ackFailed)
+		if b.err == nil {
+			b.err = err
+		}
+		if b.left == 0 {
+			b.signal()
+		}
+	}
+	p.freed()
 }
 
 // Close stops receiving acks; publishes still waiting fail at their timeout.
 func (p *Publisher) Close() error {
+	p.nc.RemoveStatusListener(p.status)
 	return p.sub.Unsubscribe()
 }
 

@@ -13,8 +13,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 )
 
@@ -350,5 +352,77 @@ func TestParseAck(t *testing.T) {
 				t.Fatalf("error %v, want one containing %q", err, tc.err)
 			}
 		})
+	}
+}
+
+// A publish whose connection breaks before its ack fails at once: the ack
+// can never come. Waiting out the publish timeout would only delay its
+// spooling and let the device's newer coordinates, published after the
+// reconnect, be stored ahead of it. While the connection is down, a publish
+// fails at once too, instead of being buffered for after the reconnect.
+func TestPublishFailsAtOnceWhenTheConnectionBreaks(t *testing.T) {
+	ctx := context.Background()
+	ns := streamtest.Run(t)
+	_, js := streamtest.Connect(t, ns)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.coords.>"}, Storage: jetstream.FileStorage, Duplicates: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	px := streamtest.NewProxy(t, ns.Addr().String())
+	nc, err := stream.Connect(stream.ConnConfig{URL: px.URL(), Name: "bridge", WaitConnected: true, NoReconnectBuffer: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	p, err := NewPublisher(nc, "t.coords", 64, time.Hour) // longer than any test
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	if res, err := p.Publish(ctx, testRecs("before", 2)); err != nil || res.Stored != 2 {
+		t.Fatalf("before the break: %+v, %v; want 2 stored", res, err)
+	}
+
+	// The acks of three messages are lost on the way, then the server is
+	// out of reach.
+	type outcome struct {
+		res PublishResult
+		err error
+	}
+	publish := func(recs []spool.Record) <-chan outcome {
+		done := make(chan outcome, 1)
+		go func() {
+			res, err := p.Publish(ctx, recs)
+			done <- outcome{res, err}
+		}()
+		return done
+	}
+	wait := func(done <-chan outcome, what string) outcome {
+		select {
+		case got := <-done:
+			return got
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: still waiting for the acks after 30 s", what)
+			return outcome{}
+		}
+	}
+	px.Blackhole.Store(true)
+	done := publish(testRecs("lost", 3))
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Pending() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	px.Close()
+	got := wait(done, "publish cut off")
+	if !errors.Is(got.err, ErrNotStored) || !strings.Contains(got.err.Error(), "connection was lost") || len(got.res.Failed) != 3 {
+		t.Errorf("publish cut off: %+v, %v; want all 3 failed, the connection named as the cause", got.res, got.err)
+	}
+	if n := p.Pending(); n != 0 {
+		t.Errorf("%d publishes still await an ack", n)
+	}
+
+	// Down: nothing is buffered for later.
+	got = wait(publish(testRecs("down", 2)), "publish while down")
+	if !errors.Is(got.err, nats.ErrReconnectBufExceeded) || len(got.res.Failed) != 2 {
+		t.Errorf("publish while down: %+v, %v; want both failed at once (%v)", got.res, got.err, nats.ErrReconnectBufExceeded)
 	}
 }

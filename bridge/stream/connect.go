@@ -28,6 +28,12 @@ type ConnConfig struct {
 	// WaitConnected: when true Connect fails if the first connection cannot be
 	// made; when false it returns at once and keeps trying in the background.
 	WaitConnected bool
+	// NoReconnectBuffer makes a publish fail at once while the connection
+	// is down, instead of being buffered and sent after the reconnect. The
+	// bridge sets it: what it publishes then goes to its spool, behind
+	// whatever the broken connection lost, so a device's coordinates are
+	// never stored out of order.
+	NoReconnectBuffer bool
 }
 
 // Connect opens a connection that reconnects forever: a NATS outage is a
@@ -88,6 +94,9 @@ func Connect(cfg ConnConfig, log zerolog.Logger) (*nats.Conn, error) {
 	servers := cfg.URL
 	if servers == "" {
 		servers = nats.DefaultURL
+	}
+	if cfg.NoReconnectBuffer {
+		opts = append(opts, nats.ReconnectBufSize(-1))
 	}
 	nc, err := nats.Connect(servers, opts...)
 	if err != nil {

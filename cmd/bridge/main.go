@@ -91,6 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	conn := cli.ConnConfig(cfg.NATS, "ubiqo-bridge")
 	conn.URL = natsURL
+	conn.NoReconnectBuffer = true
 	nc, err := stream.Connect(conn, log)
 	if err != nil {
 		return err
