@@ -22,6 +22,11 @@ import (
 // later requests of the device wait behind it rather than publish straight
 // to the stream ahead of what it spools.
 //
+// When the NATS connection is lost, the requests holding a device then
+// count as spooling ones (see lost): their publishes are given up and will
+// spool, so the device's later requests wait behind them, even once the
+// connection is back.
+//
 // The common case, no spooling, costs a map entry per device for the time
 // of the request; nothing waits.
 type deviceOrder struct {
@@ -38,7 +43,8 @@ type orderShard struct {
 // devTurn is one device's state: requests holding it and requests queued.
 type devTurn struct {
 	active   int // requests holding the device
-	spooling int // of those, requests that will append to the spool
+	spooling int // of those, requests that will append to the spool (cut included)
+	cut      int // of those, direct requests cut off by a lost connection
 	queue    []*turnWaiter
 }
 
@@ -147,6 +153,26 @@ func (t *devTurn) hold(spool bool) {
 	}
 }
 
+// lost counts the direct requests holding a device as spooling ones: the
+// NATS connection was lost, so their publishes awaiting an ack are given
+// up and spooled. Until they leave, the device's later requests wait behind
+// them instead of publishing ahead of what they spool after a reconnect.
+// While a device has such requests, no direct request is granted a turn
+// beside them, so the next direct requests to leave are these.
+func (o *deviceOrder) lost() {
+	for i := range o.shards {
+		sh := &o.shards[i]
+		sh.mu.Lock()
+		for _, t := range sh.devs {
+			if n := t.active - t.spooling; n > 0 {
+				t.cut += n
+				t.spooling += n
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
 // leave gives back the turns enter took.
 func (o *deviceOrder) leave(devs []string, spool bool) {
 	for _, dev := range devs {
@@ -166,6 +192,9 @@ func (o *deviceOrder) leave(devs []string, spool bool) {
 func (o *deviceOrder) releaseLocked(sh *orderShard, dev string, t *devTurn, spool bool) {
 	t.active--
 	if spool {
+		t.spooling--
+	} else if t.cut > 0 {
+		t.cut--
 		t.spooling--
 	}
 	if t.active > 0 {

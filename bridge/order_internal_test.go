@@ -111,3 +111,30 @@ func BenchmarkDeviceOrderEnterLeave(b *testing.B) {
 		o.leave(devs, false)
 	}
 }
+
+// A lost NATS connection makes the direct requests holding a device count
+// as spooling ones: their publishes are given up and spool. A later request
+// of the device, even a direct one after the reconnect, waits behind them.
+func TestDeviceOrderLostConnectionHoldsLaterRequests(t *testing.T) {
+	o := newDeviceOrder()
+	a, b := []string{"a"}, []string{"b"}
+	goes(t, entered(t, o, a, false), "first direct before the loss")
+	goes(t, entered(t, o, a, false), "second direct before the loss")
+	goes(t, entered(t, o, b, true), "a spooler of another device before the loss")
+	o.lost()
+	late := entered(t, o, a, false)
+	waits(t, late, "direct after the loss, behind the cut-off requests")
+	o.leave(a, false)
+	waits(t, late, "direct behind one cut-off request")
+	o.leave(a, false)
+	goes(t, late, "direct once the cut-off requests left")
+	goes(t, entered(t, o, a, false), "direct beside a direct again")
+	o.leave(a, false)
+	o.leave(a, false)
+	o.leave(b, true)
+	for i := range o.shards {
+		if n := len(o.shards[i].devs); n != 0 {
+			t.Fatalf("shard %d still holds %d devices after every request left", i, n)
+		}
+	}
+}

@@ -69,6 +69,7 @@ type Publisher struct {
 	timeout time.Duration
 	sub     *nats.Subscription
 	status  chan nats.Status // the connection's losses; see watch
+	onLost  func()           // guarded by mu; see OnConnectionLost
 	pool    sync.Pool        // *pubBatch
 
 	mu       sync.Mutex
@@ -148,8 +149,22 @@ func NewPublisher(nc *nats.Conn, prefix string, maxPending int, timeout time.Dur
 // ahead of them.
 func (p *Publisher) watch() {
 	for st := range p.status {
+		p.mu.Lock()
+		lost := p.onLost
+		p.mu.Unlock()
+		if lost != nil {
+			lost()
+		}
 		p.failPending(fmt.Errorf("the NATS connection was lost (%s) before JetStream's ack", strings.ToLower(st.String())))
 	}
+}
+
+// OnConnectionLost sets f to be called when the connection is lost, before
+// the publishes awaiting their ack are given up.
+func (p *Publisher) OnConnectionLost(f func()) {
+	p.mu.Lock()
+	p.onLost = f
+	p.mu.Unlock()
 }
 
 // failPending gives up every publish awaiting its ack.

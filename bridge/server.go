@@ -148,6 +148,7 @@ func New(opts Options, deps Deps) (*Server, error) {
 	if s.pub, err = NewPublisher(deps.Conn, opts.Stream.SubjectPrefix, opts.MaxPending, opts.PublishTimeout); err != nil {
 		return nil, err
 	}
+	s.pub.OnConnectionLost(s.order.lost)
 	s.metrics.watchPublisher(reg, s.pub)
 	if s.spool != nil {
 		s.metrics.watchSpool(reg, s.spool)

@@ -11,10 +11,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 )
 
 func postTo(t *testing.T, base, body string) (int, map[string]any) {
@@ -202,4 +205,123 @@ func TestSpoolFullAnswers503(t *testing.T) {
 	if codes[0] != 202 || codes[len(codes)-1] != 503 {
 		t.Fatalf("codes %v: want 202 first and 503 once the spool is full", codes)
 	}
+}
+
+// A request whose coordinate is lost with a broken NATS connection is
+// answered 202 at once (its ack can no longer come), not after
+// nats.publish_timeout; the coordinate is stored from the spool, and the
+// device's next coordinate, sent after the reconnect, is stored after it.
+func TestSpoolTakesWhatABrokenConnectionLost(t *testing.T) {
+	ns := streamtest.Run(t)
+	px := streamtest.NewProxy(t, ns.Addr().String())
+	nc, err := stream.Connect(stream.ConnConfig{URL: px.URL(), Name: "bridge", WaitConnected: true, NoReconnectBuffer: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	srv, err := bridge.New(bridge.Options{
+		Addr: "127.0.0.1:0", MaxBodyBytes: 1 << 20, MaxBatch: 100,
+		PublishTimeout: 10 * time.Minute, // longer than the test may take
+		Stream:         streamtest.Coords(), ManageStream: true,
+	}, bridge.Deps{Log: zerolog.Nop(), Conn: nc, JS: js, Spool: sp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.EnsureStream(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	base, stop := runServer(t, srv)
+	defer stop()
+	waitReady(t, base, true)
+	body := func(i int) string {
+		return fmt.Sprintf(`{"device_id":"truck-7","lat":19.%d,"lon":-99.1,"ts":%d}`, i, 1772359200+i)
+	}
+	if code, ans := postTo(t, base, body(0)); code != http.StatusOK {
+		t.Fatalf("before the break: %d %v", code, ans)
+	}
+
+	// Coordinate 1 never reaches the server; then the connection breaks.
+	px.Swallow.Store(true)
+	type reply struct {
+		code int
+		ans  map[string]any
+	}
+	got := make(chan reply, 1)
+	go func() {
+		var r reply
+		if resp, err := http.Post(base+"/webhook/ubiqo", "application/json", strings.NewReader(body(1))); err == nil {
+			_ = json.NewDecoder(resp.Body).Decode(&r.ans)
+			resp.Body.Close()
+			r.code = resp.StatusCode
+		}
+		got <- r
+	}()
+	// Published into the void: it awaits its ack.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(scrape(t, base), "\nubiqo_bridge_publish_pending 1\n") {
+		if time.Now().After(deadline) {
+			t.Fatal("the request's publish never showed as pending")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	px.Cut()
+	px.Swallow.Store(false)
+	var r reply
+	select {
+	case r = <-got:
+	case <-time.After(time.Minute):
+		t.Fatal("no answer a minute after the connection broke: the request waits out nats.publish_timeout")
+	}
+	if r.code != http.StatusAccepted || r.ans["spooled"] != float64(1) {
+		t.Fatalf("request cut off: %d %v; want 202 with the coordinate spooled", r.code, r.ans)
+	}
+	waitReady(t, base, true)
+	if code, ans := postTo(t, base, body(2)); code != http.StatusOK && code != http.StatusAccepted {
+		t.Fatalf("after the reconnect: %d %v", code, ans)
+	}
+
+	st, err := js.Stream(context.Background(), "COORDS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStreamMsgs(t, st, 3)
+	cons, err := st.OrderedConsumer(context.Background(), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []int64
+	for m := range batch.Messages() {
+		var c coord.Coord
+		if err := json.Unmarshal(m.Data(), &c); err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, c.TS.Unix()-1772359200)
+	}
+	if fmt.Sprint(order) != "[0 1 2]" {
+		t.Fatalf("stored in the order %v, want [0 1 2]", order)
+	}
+}
+
+func scrape(t *testing.T, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }

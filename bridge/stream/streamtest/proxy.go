@@ -1,7 +1,6 @@
 package streamtest
 
 import (
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -10,11 +9,13 @@ import (
 
 // Proxy is a TCP proxy between a client and a NATS server, for tests of
 // what a broken network does. While Blackhole is set it drops what the
-// server sends (a network that loses the tail of a TCP stream before the
-// connection breaks); Cut closes every connection, after which a client
-// reconnects through it; Close also stops it listening.
+// server sends, and while Swallow is set what the client sends (a network
+// that loses the tail of a TCP stream before the connection breaks); Cut
+// closes every connection, after which a client reconnects through it;
+// Close also stops it listening.
 type Proxy struct {
 	Blackhole atomic.Bool
+	Swallow   atomic.Bool
 
 	target string
 	ln     net.Listener
@@ -52,24 +53,27 @@ func (p *Proxy) serve() {
 		p.mu.Lock()
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
-		go func() { _, _ = io.Copy(up, c); up.Close(); c.Close() }()
-		go func() {
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := up.Read(buf)
-				if n > 0 && !p.Blackhole.Load() {
-					if _, werr := c.Write(buf[:n]); werr != nil {
-						break
-					}
-				}
-				if err != nil {
-					break
-				}
-			}
-			up.Close()
-			c.Close()
-		}()
+		go p.pipe(c, up, &p.Swallow)
+		go p.pipe(up, c, &p.Blackhole)
 	}
+}
+
+// pipe copies from to to, dropping what comes while drop is set.
+func (p *Proxy) pipe(from, to net.Conn, drop *atomic.Bool) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := from.Read(buf)
+		if n > 0 && !drop.Load() {
+			if _, werr := to.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	from.Close()
+	to.Close()
 }
 
 // Cut closes every connection through the proxy.
