@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -64,14 +65,22 @@ func TestLogLinesBatchedWarningsAtOnce(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	// A burst is written in parts as the buffer fills, not held whole.
+	// A burst is written in parts as the buffer fills, well before the
+	// flush interval, not held whole.
 	_, before := out.get()
 	pad := strings.Repeat("x", 1000)
 	for range 200 {
 		log.Info().Str("pad", pad).Msg("burst")
 	}
-	if _, n := out.get(); n == before {
-		t.Error("200 KB of info lines all held back")
+	deadline = time.Now().Add(logFlushEvery / 2)
+	for {
+		if _, n := out.get(); n > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("200 KB of info lines all held back")
+		}
+		time.Sleep(time.Millisecond)
 	}
 	flush()
 	s, _ = out.get()
@@ -88,5 +97,63 @@ func TestConsoleLogNotBatched(t *testing.T) {
 	log.Info().Msg("hello")
 	if s, _ := out.get(); !strings.Contains(s, "hello") {
 		t.Fatalf("console line not written at once: %q", s)
+	}
+}
+
+// stuckWriter's writes block until release is closed.
+type stuckWriter struct {
+	countingWriter
+	started chan struct{} // gets a value when a write begins
+	release chan struct{}
+}
+
+func (s *stuckWriter) Write(p []byte) (int, error) {
+	select {
+	case s.started <- struct{}{}:
+	default:
+	}
+	<-s.release
+	return s.countingWriter.Write(p)
+}
+
+// A request logs without waiting for the output: while a batch is being
+// written to a stalled output, info lines are still taken, up to a hard
+// limit, and none is lost or reordered.
+func TestLoggingDoesNotWaitForTheOutput(t *testing.T) {
+	out := &stuckWriter{started: make(chan struct{}, 1), release: make(chan struct{})}
+	log, flush := NewLogger(config.Log{Level: "info", Format: "json"}, "test", out)
+	pad := strings.Repeat("x", 1000)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The first 100 KB start a flush, which stalls; 500 KB more stay
+		// under logBufHard.
+		for i := range 600 {
+			log.Info().Int("i", i).Str("pad", pad).Msg("line")
+		}
+	}()
+	select {
+	case <-out.started:
+	case <-time.After(5 * time.Second):
+		close(out.release)
+		t.Fatal("no write began after 100 KB of lines")
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		close(out.release)
+		t.Fatal("logging waited for a stalled output")
+	}
+	close(out.release)
+	flush()
+	s, _ := out.get()
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) != 600 {
+		t.Fatalf("%d lines written, want 600", len(lines))
+	}
+	for j, line := range lines {
+		if !strings.Contains(line, fmt.Sprintf(`"i":%d,`, j)) {
+			t.Fatalf("line %d is %.40q: lines out of order", j, line)
+		}
 	}
 }
