@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -215,22 +213,10 @@ func TestOversizeRefusedBeforeTheFirstConnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spool.Open(t.TempDir(), 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sp.Close() })
-	srv, err := bridge.New(bridge.Options{
+	srv, _, sp := spoolingBridge(t, nc, bridge.Options{
 		Addr: "127.0.0.1:0", MaxBodyBytes: 4 << 20, MaxBatch: 10, PublishTimeout: time.Second,
 		Stream: streamtest.Coords(), AccessLog: "none",
-	}, bridge.Deps{Log: zerolog.Nop(), Conn: nc, JS: js, Spool: sp})
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
 	post := func(body string) (int, string) {

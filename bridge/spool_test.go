@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -219,23 +220,11 @@ func TestSpoolTakesWhatABrokenConnectionLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sp, err := spool.Open(t.TempDir(), 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Close()
-	srv, err := bridge.New(bridge.Options{
+	srv, js, _ := spoolingBridge(t, nc, bridge.Options{
 		Addr: "127.0.0.1:0", MaxBodyBytes: 1 << 20, MaxBatch: 100,
 		PublishTimeout: 10 * time.Minute, // longer than the test may take
 		Stream:         streamtest.Coords(), ManageStream: true,
-	}, bridge.Deps{Log: zerolog.Nop(), Conn: nc, JS: js, Spool: sp})
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	if err := srv.EnsureStream(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -324,4 +313,23 @@ func scrape(t *testing.T, base string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// spoolingBridge is a bridge on nc with a spool of its own (1 GiB at most).
+func spoolingBridge(t *testing.T, nc *nats.Conn, opts bridge.Options) (*bridge.Server, jetstream.JetStream, *spool.Spool) {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Close() })
+	srv, err := bridge.New(opts, bridge.Deps{Log: zerolog.Nop(), Conn: nc, JS: js, Spool: sp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, js, sp
 }
