@@ -3,7 +3,6 @@ package persist_test
 import (
 	"context"
 	"database/sql"
-	"io"
 	"net"
 	"net/url"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
+	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/stream/streamtest"
 	"github.com/ubiqo-bridge/ubiqo-bridge/subscribers/persist"
 )
 
@@ -90,9 +90,9 @@ func TestDatabaseOutageUnderLoadLosesNothing(t *testing.T) {
 					locker.Close()
 				}
 			case persist.DriverPostgres:
-				p := newProxy(t, d.cfg.DSN)
-				d.cfg.DSN = p.dsn
-				takeAway, bringBack = p.cut, p.restore
+				p, dsn := proxyTo(t, d.cfg.DSN)
+				d.cfg.DSN = dsn
+				takeAway, bringBack = p.Close, func() { p.Restore(t) }
 			}
 
 			j := newJS(t, time.Minute)
@@ -148,108 +148,23 @@ func TestDatabaseOutageUnderLoadLosesNothing(t *testing.T) {
 	}
 }
 
-// proxy is a TCP proxy to the PostgreSQL server that can be cut and
-// restored on the same address: a real network fault for the persister.
-type proxy struct {
-	t      *testing.T
-	target string
-	addr   string
-	dsn    string
-
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
-}
-
-func newProxy(t *testing.T, dsn string) *proxy {
+// proxyTo puts a TCP proxy between the test and the PostgreSQL server of
+// dsn, and returns it with the DSN that goes through it: a real network
+// fault for the persister, cut and restored on the same address.
+func proxyTo(t *testing.T, dsn string) (*streamtest.Proxy, string) {
 	t.Helper()
 	u, err := url.Parse(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := u.Host
-	if !strings.Contains(target, ":") {
-		target += ":5432"
-	}
 	if u.Hostname() == "" || strings.HasPrefix(u.Hostname(), "/") {
 		t.Skipf("%s must name a TCP host for the proxy test", pgEnv)
 	}
-	p := &proxy{t: t, target: target, conns: map[net.Conn]bool{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	target := u.Host
+	if u.Port() == "" {
+		target = net.JoinHostPort(u.Hostname(), "5432")
 	}
-	p.addr = ln.Addr().String()
-	u.Host = p.addr
-	p.dsn = u.String()
-	p.serve(ln)
-	t.Cleanup(func() {
-		p.cut()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *proxy) serve(ln net.Listener) {
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns[c], p.conns[up] = true, true
-			p.mu.Unlock()
-			pipe := func(dst, src net.Conn) {
-				defer p.wg.Done()
-				_, _ = io.Copy(dst, src)
-				dst.Close()
-				src.Close()
-			}
-			p.wg.Add(2)
-			go pipe(up, c)
-			go pipe(c, up)
-		}
-	}()
-}
-
-// cut closes the listener and every proxied connection.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		c.Close()
-	}
-	p.conns = map[net.Conn]bool{}
-}
-
-// restore listens again on the same address.
-func (p *proxy) restore() {
-	var ln net.Listener
-	var err error
-	for range 50 {
-		if ln, err = net.Listen("tcp", p.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		p.t.Fatalf("proxy: listen again on %s: %v", p.addr, err)
-	}
-	p.serve(ln)
+	p := streamtest.NewProxy(t, target)
+	u.Host = p.Addr()
+	return p, u.String()
 }

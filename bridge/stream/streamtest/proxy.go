@@ -5,21 +5,23 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
-// Proxy is a TCP proxy between a client and a NATS server, for tests of
-// what a broken network does. While Blackhole is set it drops what the
-// server sends, and while Swallow is set what the client sends (a network
-// that loses the tail of a TCP stream before the connection breaks); Cut
-// closes every connection, after which a client reconnects through it;
-// Close also stops it listening.
+// Proxy is a TCP proxy between a client and a server (NATS, PostgreSQL),
+// for tests of what a broken network does. While Blackhole is set it drops
+// what the server sends, and while Swallow is set what the client sends (a
+// network that loses the tail of a TCP stream before the connection
+// breaks). Cut closes every connection, after which a client reconnects
+// through it; Close also stops it listening, until Restore.
 type Proxy struct {
 	Blackhole atomic.Bool
 	Swallow   atomic.Bool
 
 	target string
-	ln     net.Listener
+	addr   string
 	mu     sync.Mutex
+	ln     net.Listener // nil while closed
 	conns  []net.Conn
 }
 
@@ -30,18 +32,21 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{target: target, ln: ln}
+	p := &Proxy{target: target, addr: ln.Addr().String(), ln: ln}
 	t.Cleanup(p.Close)
-	go p.serve()
+	go p.serve(ln)
 	return p
 }
 
-// URL is the proxy's nats:// URL.
-func (p *Proxy) URL() string { return "nats://" + p.ln.Addr().String() }
+// Addr is the proxy's host:port.
+func (p *Proxy) Addr() string { return p.addr }
 
-func (p *Proxy) serve() {
+// URL is the proxy's nats:// URL.
+func (p *Proxy) URL() string { return "nats://" + p.addr }
+
+func (p *Proxy) serve(ln net.Listener) {
 	for {
-		c, err := p.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
@@ -87,8 +92,33 @@ func (p *Proxy) Cut() {
 }
 
 // Close stops listening and cuts every connection: the server is out of
-// reach until the test ends.
+// reach until Restore.
 func (p *Proxy) Close() {
-	p.ln.Close()
+	p.mu.Lock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	p.mu.Unlock()
 	p.Cut()
+}
+
+// Restore listens again on the same address after Close.
+func (p *Proxy) Restore(t testing.TB) {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	for range 50 {
+		if ln, err = net.Listen("tcp", p.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("proxy: listen again on %s: %v", p.addr, err)
+	}
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go p.serve(ln)
 }
