@@ -156,6 +156,9 @@ func (p *Publisher) watch() {
 			lost()
 		}
 		p.failPending(fmt.Errorf("the NATS connection was lost (%s) before JetStream's ack", strings.ToLower(st.String())))
+		if st == nats.CLOSED {
+			return // for good; nats.go does not close its listeners
+		}
 	}
 }
 
