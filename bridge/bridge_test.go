@@ -439,6 +439,7 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		`ubiqo_bridge_nats_connected 1`,
 		`ubiqo_bridge_publish_pending 0`,
 		`ubiqo_bridge_publish_late_acks_total 0`,
+		`ubiqo_bridge_publish_cut_off_total 0`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)

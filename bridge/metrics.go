@@ -87,8 +87,8 @@ func (m *metrics) watchSpool(reg *prometheus.Registry, sp *spool.Spool) {
 	)
 }
 
-// watchPublisher exports the acks the publisher awaits and those that came
-// too late.
+// watchPublisher exports the acks the publisher awaits, those that came
+// too late, and the publishes a lost connection cut off.
 func (m *metrics) watchPublisher(reg *prometheus.Registry, p *Publisher) {
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -99,6 +99,10 @@ func (m *metrics) watchPublisher(reg *prometheus.Registry, p *Publisher) {
 			Name: "ubiqo_bridge_publish_late_acks_total",
 			Help: "JetStream acks that arrived after their request had given up waiting (nats.publish_timeout); those coordinates were spooled or answered 503, and their message ids keep a retry from storing them twice.",
 		}, func() float64 { return float64(p.LateAcks()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ubiqo_bridge_publish_cut_off_total",
+			Help: "Publishes given up awaiting their JetStream ack because the NATS connection was lost; their coordinates were spooled (202) or answered 503 at once, and a copy the server did store is a duplicate at replay.",
+		}, func() float64 { return float64(p.CutOff()) }),
 	)
 }
 

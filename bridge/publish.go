@@ -80,6 +80,7 @@ type Publisher struct {
 	space    chan struct{} // closed (and replaced) when a slot frees while someone waits
 	wait     int           // publishers waiting for a free slot
 	late     atomic.Int64  // acks that arrived after their publish gave up
+	cut      atomic.Int64  // publishes given up when the connection was lost
 }
 
 // pending is a publish awaiting its ack.
@@ -184,6 +185,7 @@ func (p *Publisher) failPending(err error) {
 		}
 		b := slot.b
 		p.mark(b, slot.idx, ackFailed)
+		p.cut.Add(1)
 		if b.err == nil {
 			b.err = err
 		}
@@ -202,6 +204,10 @@ func (p *Publisher) Close() error {
 
 // LateAcks counts acks that arrived after their publish had given up.
 func (p *Publisher) LateAcks() int64 { return p.late.Load() }
+
+// CutOff counts the publishes given up awaiting their ack because the
+// connection was lost.
+func (p *Publisher) CutOff() int64 { return p.cut.Load() }
 
 // Pending is the number of publishes awaiting their ack.
 func (p *Publisher) Pending() int64 { return p.awaiting.Load() }

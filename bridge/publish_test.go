@@ -419,6 +419,9 @@ func TestPublishFailsAtOnceWhenTheConnectionBreaks(t *testing.T) {
 	if n := p.Pending(); n != 0 {
 		t.Errorf("%d publishes still await an ack", n)
 	}
+	if n := p.CutOff(); n != 3 {
+		t.Errorf("%d publishes counted as cut off, want 3", n)
+	}
 
 	// Down: nothing is buffered for later.
 	got = wait(publish(testRecs("down", 2)), "publish while down")

@@ -273,6 +273,9 @@ func TestSpoolTakesWhatABrokenConnectionLost(t *testing.T) {
 	if r.code != http.StatusAccepted || r.ans["spooled"] != float64(1) {
 		t.Fatalf("request cut off: %d %v; want 202 with the coordinate spooled", r.code, r.ans)
 	}
+	if m := scrape(t, base); !strings.Contains(m, "\nubiqo_bridge_publish_cut_off_total 1\n") {
+		t.Errorf("metrics do not count the cut-off publish:\n%s", m)
+	}
 	waitReady(t, base, true)
 	if code, ans := postTo(t, base, body(2)); code != http.StatusOK && code != http.StatusAccepted {
 		t.Fatalf("after the reconnect: %d %v", code, ans)
