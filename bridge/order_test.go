@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/coord"
 	"github.com/ubiqo-bridge/ubiqo-bridge/bridge/spool"
@@ -90,15 +89,8 @@ func TestSpoolKeepsPerDeviceOrderAcrossDisconnect(t *testing.T) {
 	defer stop()
 	st, _ := e.js.Stream(context.Background(), "COORDS")
 	waitStreamMsgs(t, st, 2)
-	cons, _ := st.OrderedConsumer(context.Background(), jetstream.OrderedConsumerConfig{})
-	b, err := cons.Fetch(2, jetstream.FetchMaxWait(3*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var stream []string
-	for m := range b.Messages() {
-		var c coord.Coord
-		_ = json.Unmarshal(m.Data(), &c)
+	for _, c := range streamCoords(t, st, 2) {
 		stream = append(stream, c.TS.Format("15:04:05"))
 	}
 	t.Logf("stream order for truck-1: %v", stream)

@@ -286,25 +286,35 @@ func TestSpoolTakesWhatABrokenConnectionLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStreamMsgs(t, st, 3)
-	cons, err := st.OrderedConsumer(context.Background(), jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := cons.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var order []int64
-	for m := range batch.Messages() {
-		var c coord.Coord
-		if err := json.Unmarshal(m.Data(), &c); err != nil {
-			t.Fatal(err)
-		}
+	for _, c := range streamCoords(t, st, 3) {
 		order = append(order, c.TS.Unix()-1772359200)
 	}
 	if fmt.Sprint(order) != "[0 1 2]" {
 		t.Fatalf("stored in the order %v, want [0 1 2]", order)
 	}
+}
+
+// streamCoords reads the first n coordinates of st, in stream order.
+func streamCoords(t *testing.T, st jetstream.Stream, n int) []coord.Coord {
+	t.Helper()
+	cons, err := st.OrderedConsumer(context.Background(), jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs []coord.Coord
+	for m := range batch.Messages() {
+		var c coord.Coord
+		if err := json.Unmarshal(m.Data(), &c); err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	return cs
 }
 
 func scrape(t *testing.T, base string) string {
